@@ -1,0 +1,163 @@
+"""The public functions: argument checks, batching of a single image, and dispatch."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import torch
+
+from ._validation import check_scores, check_tokens, make_config, raise_if_nonfinite
+from .backends import resolve_backend
+from .results import BudgetResult, PruneResult
+
+__all__ = ["adaptive_prune", "spectral_budget", "randomized_svdvals"]
+
+
+def _unbatch(result):
+    """Drops the leading batch dimension of every tensor field of a B=1 result."""
+    return replace(result, **{
+        f.name: getattr(result, f.name)[0]
+        for f in fields(result)
+        if isinstance(getattr(result, f.name), torch.Tensor)
+    })
+
+
+def _empty_budget_result(tokens: torch.Tensor, l: int, backend: str) -> BudgetResult:
+    dev = tokens.device
+    return BudgetResult(
+        budgets=torch.zeros(0, dtype=torch.int32, device=dev),
+        singular_values=torch.zeros(0, l, dtype=torch.float32, device=dev),
+        total_energy=torch.zeros(0, dtype=torch.float32, device=dev),
+        saturated=torch.zeros(0, dtype=torch.bool, device=dev),
+        backend=backend,
+    )
+
+
+def _empty_prune_result(tokens: torch.Tensor, l: int, m: int, backend: str) -> PruneResult:
+    dev, d = tokens.device, tokens.shape[-1]
+    budget = _empty_budget_result(tokens, l, backend)
+    return PruneResult(
+        tokens=torch.zeros(0, m, d, dtype=tokens.dtype, device=dev),
+        indices=torch.zeros(0, m, dtype=torch.int64, device=dev),
+        lengths=budget.budgets,
+        mask=torch.zeros(0, m, dtype=torch.bool, device=dev),
+        singular_values=budget.singular_values,
+        total_energy=budget.total_energy,
+        saturated=budget.saturated,
+        backend=backend,
+    )
+
+
+def adaptive_prune(
+    tokens: torch.Tensor,
+    scores: torch.Tensor | None = None,
+    *,
+    energy: float = 0.99,
+    center: bool = True,
+    sketch_size: int = 128,
+    power_iters: int = 2,
+    min_tokens: int = 1,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    sketch_matrix: torch.Tensor | None = None,
+    backend: str = "auto",
+    validate: bool = True,
+) -> PruneResult:
+    """Keeps, per image, as many tokens as its spectrum needs to hold ``energy`` of its energy.
+
+    Args:
+        tokens: [B, N, D] (or one image [N, D]) float16 / bfloat16 / float32 / float64.
+        scores: optional [B, N] (or [N]) importance of each token, higher is kept first; without it
+            tokens are ranked by their leverage in the estimated top-k* singular subspace.
+        energy: fraction tau in (0, 1] of ||X_c||_F^2 the kept rank must capture.
+        center: subtract each image's mean token before the spectrum is taken.
+        sketch_size: columns of the Gaussian sketch; l = min(sketch_size, N, D).
+        power_iters: subspace iterations q (each re-orthonormalised).
+        min_tokens, max_tokens: bounds of the budget; max_tokens defaults to l and is at most N.
+        seed: fixes the Gaussian sketch (see :func:`eadaprune_kernels.gaussian_sketch`).
+        sketch_matrix: optional explicit sketch [D, l] that replaces the generated one.
+        backend: "auto", or a name from :data:`eadaprune_kernels.backends.BACKENDS`.
+        validate: scan tokens and scores for NaN/Inf and raise ValueError naming the images
+            (one host synchronisation). With False nothing synchronises, and a non-finite image is
+            returned saturated with its first max_tokens tokens.
+
+    Returns:
+        :class:`PruneResult`, padded to max_tokens; ``result.backend`` names the backend that ran.
+    """
+    check_tokens(tokens)
+    check_scores(scores, tokens)
+    cfg = make_config(
+        tokens, energy=energy, center=center, sketch_size=sketch_size, power_iters=power_iters,
+        min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix,
+    )
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
+    impl = resolve_backend(backend, tokens.device)
+    single = tokens.dim() == 2
+    if single:
+        tokens = tokens[None]
+        scores = None if scores is None else scores[None]
+    if tokens.shape[0] == 0:
+        return _empty_prune_result(tokens, cfg.sketch_size, cfg.max_tokens, impl.NAME)
+    if validate:
+        raise_if_nonfinite(tokens, scores, cfg.sketch_matrix)
+    result = impl.adaptive_prune(tokens, scores, cfg)
+    return _unbatch(result) if single else result
+
+
+def spectral_budget(
+    tokens: torch.Tensor,
+    *,
+    energy: float = 0.99,
+    center: bool = True,
+    sketch_size: int = 128,
+    power_iters: int = 2,
+    min_tokens: int = 1,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    sketch_matrix: torch.Tensor | None = None,
+    backend: str = "auto",
+    validate: bool = True,
+) -> BudgetResult:
+    """The budgets :func:`adaptive_prune` would give, without selecting or gathering tokens.
+
+    Same arguments as :func:`adaptive_prune` minus ``scores``; returns :class:`BudgetResult`.
+    """
+    check_tokens(tokens)
+    cfg = make_config(
+        tokens, energy=energy, center=center, sketch_size=sketch_size, power_iters=power_iters,
+        min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix,
+    )
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
+    impl = resolve_backend(backend, tokens.device)
+    single = tokens.dim() == 2
+    if single:
+        tokens = tokens[None]
+    if tokens.shape[0] == 0:
+        return _empty_budget_result(tokens, cfg.sketch_size, impl.NAME)
+    if validate:
+        raise_if_nonfinite(tokens, None, cfg.sketch_matrix)
+    result = impl.spectral_budget(tokens, cfg)
+    return _unbatch(result) if single else result
+
+
+def randomized_svdvals(
+    tokens: torch.Tensor,
+    *,
+    sketch_size: int = 128,
+    power_iters: int = 2,
+    center: bool = True,
+    seed: int = 0,
+    sketch_matrix: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The l = min(sketch_size, N, D) sketched singular values of each image, [B, l] float32.
+
+    Each is a lower bound on the exact singular value of the (centred) tokens. NaN/Inf in tokens
+    raise ValueError (one host synchronisation).
+    """
+    return spectral_budget(
+        tokens, sketch_size=sketch_size, power_iters=power_iters, center=center, seed=seed,
+        sketch_matrix=sketch_matrix, backend=backend,
+    ).singular_values

@@ -1,0 +1,88 @@
+"""The one place that picks a backend.
+
+A backend is a module exposing ``NAME``, ``adaptive_prune(tokens, scores, cfg) -> PruneResult`` and
+``spectral_budget(tokens, cfg) -> BudgetResult`` for checked, batched tokens [B, N, D] and a
+:class:`~eadaprune_kernels._validation.PipelineConfig`. Backends are imported lazily, once.
+
+``backend="auto"`` takes the first available backend of ``AUTO_ORDER`` for the tensor's device
+type; the environment variable ``EADAPRUNE_BACKEND`` replaces "auto" by a fixed name (an explicit
+``backend=`` argument still wins). A backend that is named and cannot run raises RuntimeError with
+the reason: there is no silent fallback. Every result carries the name of the backend that ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+__all__ = ["BACKENDS", "AUTO_ORDER", "ENV_VAR", "available_backends", "resolve_backend"]
+
+ENV_VAR = "EADAPRUNE_BACKEND"
+
+# name -> (module, device types it runs on)
+BACKENDS: dict[str, tuple[str, frozenset[str]]] = {
+    "reference": ("eadaprune_kernels.reference", frozenset({"cpu", "cuda"})),
+}
+
+# Fastest first, per device type.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("reference",),
+    "cuda": ("reference",),
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that was asked for cannot run here; the message says why."""
+
+
+@functools.cache
+def _load(name: str) -> ModuleType:
+    module_name, _ = BACKENDS[name]
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:  # missing optional dependency or unbuilt extension
+        raise BackendUnavailable(f"backend {name!r} is unavailable: {exc}") from exc
+
+
+def _is_available(name: str) -> bool:
+    try:
+        _load(name)
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Names of the backends that can run on ``device``, fastest first."""
+    device_type = torch.device(device).type
+    return [name for name in AUTO_ORDER.get(device_type, ()) if _is_available(name)]
+
+
+def resolve_backend(backend: str, device: torch.device) -> ModuleType:
+    """The backend module to run for ``backend`` on ``device``."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a str, got {type(backend).__name__} {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "auto") or "auto"
+        source = f" (from ${ENV_VAR})" if backend != "auto" else ""
+    else:
+        source = ""
+    if backend == "auto":
+        for name in AUTO_ORDER.get(device.type, ()):
+            if _is_available(name):
+                return _load(name)
+        raise BackendUnavailable(f"backend 'auto': no backend runs on device type {device.type!r}")
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend{source}: expected 'auto' or one of {sorted(BACKENDS)}, got {backend!r}"
+        )
+    _, device_types = BACKENDS[backend]
+    if device.type not in device_types:
+        raise BackendUnavailable(
+            f"backend {backend!r}{source} runs on {sorted(device_types)} tensors, got a {device.type} tensor"
+        )
+    return _load(backend)
