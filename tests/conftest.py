@@ -1,0 +1,42 @@
+"""Shared test set-up.
+
+* Without a CUDA device, Triton kernels run under the interpreter: TRITON_INTERPRET=1 must be set
+  before triton is first imported, so it is set here, before any test module imports it.
+* Every torch.empty / torch.empty_like made while a test runs is filled with poison (NaN for floating
+  dtypes, a sentinel for integers, True for bool), so an output element that a backend never wrote
+  shows up instead of passing by luck (the habit of flash-linear-attention's test suite).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+INT_POISON = -7777
+
+
+def _poison(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        return t.fill_(float("nan"))
+    if t.dtype == torch.bool:
+        return t.fill_(True)
+    return t.fill_(INT_POISON)
+
+
+@pytest.fixture(autouse=True)
+def poison_uninitialised_memory(monkeypatch):
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def empty(*args, **kwargs):
+        return _poison(real_empty(*args, **kwargs))
+
+    def empty_like(*args, **kwargs):
+        return _poison(real_empty_like(*args, **kwargs))
+
+    monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch, "empty_like", empty_like)
+    yield
