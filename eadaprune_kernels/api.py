@@ -1,4 +1,5 @@
-"""The public functions: argument checks, batching of a single image, and dispatch."""
+"""The public functions: argument checks, batching of a single image, and the call of the custom op
+(:mod:`eadaprune_kernels.ops`) that runs the resolved backend."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from dataclasses import fields, replace
 
 import torch
 
-from ._validation import check_scores, check_tokens, make_config, raise_if_nonfinite
-from .backends import resolve_backend
+from ._validation import check_scores, check_tokens, make_config
+from .backends import resolve_backend_name
+from .ops import budget_op, prune_op
 from .results import BudgetResult, PruneResult
 
 __all__ = ["adaptive_prune", "spectral_budget", "randomized_svdvals"]
@@ -20,32 +22,6 @@ def _unbatch(result):
         for f in fields(result)
         if isinstance(getattr(result, f.name), torch.Tensor)
     })
-
-
-def _empty_budget_result(tokens: torch.Tensor, l: int, backend: str) -> BudgetResult:
-    dev = tokens.device
-    return BudgetResult(
-        budgets=torch.zeros(0, dtype=torch.int32, device=dev),
-        singular_values=torch.zeros(0, l, dtype=torch.float32, device=dev),
-        total_energy=torch.zeros(0, dtype=torch.float32, device=dev),
-        saturated=torch.zeros(0, dtype=torch.bool, device=dev),
-        backend=backend,
-    )
-
-
-def _empty_prune_result(tokens: torch.Tensor, l: int, m: int, backend: str) -> PruneResult:
-    dev, d = tokens.device, tokens.shape[-1]
-    budget = _empty_budget_result(tokens, l, backend)
-    return PruneResult(
-        tokens=torch.zeros(0, m, d, dtype=tokens.dtype, device=dev),
-        indices=torch.zeros(0, m, dtype=torch.int64, device=dev),
-        lengths=budget.budgets,
-        mask=torch.zeros(0, m, dtype=torch.bool, device=dev),
-        singular_values=budget.singular_values,
-        total_energy=budget.total_energy,
-        saturated=budget.saturated,
-        backend=backend,
-    )
 
 
 def adaptive_prune(
@@ -92,16 +68,16 @@ def adaptive_prune(
     )
     if not isinstance(validate, bool):
         raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
-    impl = resolve_backend(backend, tokens.device)
+    name = resolve_backend_name(backend, tokens.device.type)
     single = tokens.dim() == 2
     if single:
         tokens = tokens[None]
         scores = None if scores is None else scores[None]
-    if tokens.shape[0] == 0:
-        return _empty_prune_result(tokens, cfg.sketch_size, cfg.max_tokens, impl.NAME)
-    if validate:
-        raise_if_nonfinite(tokens, scores, cfg.sketch_matrix)
-    result = impl.adaptive_prune(tokens, scores, cfg)
+    fields = prune_op(
+        tokens, scores, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
+        cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate,
+    )
+    result = PruneResult(*fields, backend=name)
     return _unbatch(result) if single else result
 
 
@@ -130,15 +106,15 @@ def spectral_budget(
     )
     if not isinstance(validate, bool):
         raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
-    impl = resolve_backend(backend, tokens.device)
+    name = resolve_backend_name(backend, tokens.device.type)
     single = tokens.dim() == 2
     if single:
         tokens = tokens[None]
-    if tokens.shape[0] == 0:
-        return _empty_budget_result(tokens, cfg.sketch_size, impl.NAME)
-    if validate:
-        raise_if_nonfinite(tokens, None, cfg.sketch_matrix)
-    result = impl.spectral_budget(tokens, cfg)
+    fields = budget_op(
+        tokens, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
+        cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate,
+    )
+    result = BudgetResult(*fields, backend=name)
     return _unbatch(result) if single else result
 
 

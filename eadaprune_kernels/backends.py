@@ -19,7 +19,8 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["BACKENDS", "AUTO_ORDER", "ENV_VAR", "available_backends", "resolve_backend"]
+__all__ = ["BACKENDS", "AUTO_ORDER", "ENV_VAR", "BackendUnavailable", "available_backends",
+           "resolve_backend", "resolve_backend_name"]
 
 ENV_VAR = "EADAPRUNE_BACKEND"
 
@@ -62,8 +63,13 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [name for name in AUTO_ORDER.get(device_type, ()) if _is_available(name)]
 
 
-def resolve_backend(backend: str, device: torch.device) -> ModuleType:
-    """The backend module to run for ``backend`` on ``device``."""
+@torch.compiler.assume_constant_result
+def resolve_backend_name(backend: str, device_type: str) -> str:
+    """The name of the backend that ``backend`` ("auto" or a name) resolves to on ``device_type``.
+
+    Marked as a constant for torch.compile: it reads only the arguments, the environment and which
+    modules import, so it runs once at trace time and never breaks the graph.
+    """
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a str, got {type(backend).__name__} {backend!r}")
     if backend == "auto":
@@ -72,17 +78,23 @@ def resolve_backend(backend: str, device: torch.device) -> ModuleType:
     else:
         source = ""
     if backend == "auto":
-        for name in AUTO_ORDER.get(device.type, ()):
+        for name in AUTO_ORDER.get(device_type, ()):
             if _is_available(name):
-                return _load(name)
-        raise BackendUnavailable(f"backend 'auto': no backend runs on device type {device.type!r}")
+                return name
+        raise BackendUnavailable(f"backend 'auto': no backend runs on device type {device_type!r}")
     if backend not in BACKENDS:
         raise ValueError(
             f"backend{source}: expected 'auto' or one of {sorted(BACKENDS)}, got {backend!r}"
         )
     _, device_types = BACKENDS[backend]
-    if device.type not in device_types:
+    if device_type not in device_types:
         raise BackendUnavailable(
-            f"backend {backend!r}{source} runs on {sorted(device_types)} tensors, got a {device.type} tensor"
+            f"backend {backend!r}{source} runs on {sorted(device_types)} tensors, got a {device_type} tensor"
         )
-    return _load(backend)
+    _load(backend)  # raises BackendUnavailable with the reason
+    return backend
+
+
+def resolve_backend(backend: str, device: torch.device) -> ModuleType:
+    """The backend module to run for ``backend`` ("auto" or a name) on ``device``."""
+    return _load(resolve_backend_name(backend, torch.device(device).type))

@@ -1,0 +1,99 @@
+"""The pipeline as torch.library custom ops, with fake (meta) implementations.
+
+``torch.compile`` sees each call as one opaque op whose output shapes depend only on B, N, D, l and
+max_tokens, never on the data, so ``torch.compile(fullgraph=True)`` traces :func:`adaptive_prune`
+without graph breaks; the real implementation (which may scan for NaN and raise) runs eagerly inside
+the op. Both ops take batched tokens [B, N, D] (B may be 0), arguments already checked, ``sketch_size``
+already resolved to l, and the name of a resolved backend.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._validation import PipelineConfig, raise_if_nonfinite
+from .backends import resolve_backend
+
+__all__ = ["prune_op", "budget_op"]
+
+Tensor = torch.Tensor
+
+
+def _config(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, sketch_matrix):
+    return PipelineConfig(energy=energy, center=center, sketch_size=sketch_size, power_iters=power_iters,
+                          min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix)
+
+
+def _empty_budget_fields(tokens: Tensor, l: int):
+    """The four budget fields of an empty batch (B = 0)."""
+    return (
+        tokens.new_zeros((0,), dtype=torch.int32),
+        tokens.new_zeros((0, l), dtype=torch.float32),
+        tokens.new_zeros((0,), dtype=torch.float32),
+        tokens.new_zeros((0,), dtype=torch.bool),
+    )
+
+
+@torch.library.custom_op("eadaprune_kernels::adaptive_prune", mutates_args=())
+def prune_op(
+    tokens: Tensor, scores: Optional[Tensor], sketch_matrix: Optional[Tensor], energy: float, center: bool,
+    sketch_size: int, power_iters: int, min_tokens: int, max_tokens: int, seed: int, backend: str,
+    validate: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(tokens [B,M,D], indices [B,M] int64, lengths [B] int32, mask [B,M] bool,
+    singular_values [B,l] float32, total_energy [B] float32, saturated [B] bool)."""
+    cfg = _config(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, sketch_matrix)
+    b, _, d = tokens.shape
+    if b == 0:
+        budgets, sigma, total, saturated = _empty_budget_fields(tokens, sketch_size)
+        return (tokens.new_zeros((0, max_tokens, d)), tokens.new_zeros((0, max_tokens), dtype=torch.int64),
+                budgets, tokens.new_zeros((0, max_tokens), dtype=torch.bool), sigma, total, saturated)
+    if validate:
+        raise_if_nonfinite(tokens, scores, sketch_matrix)
+    r = resolve_backend(backend, tokens.device).adaptive_prune(tokens, scores, cfg)
+    return r.tokens, r.indices, r.lengths, r.mask, r.singular_values, r.total_energy, r.saturated
+
+
+@prune_op.register_fake
+def _(tokens, scores, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed,
+      backend, validate):
+    b, _, d = tokens.shape
+    m = max_tokens
+    return (
+        tokens.new_empty((b, m, d)),
+        tokens.new_empty((b, m), dtype=torch.int64),
+        tokens.new_empty((b,), dtype=torch.int32),
+        tokens.new_empty((b, m), dtype=torch.bool),
+        tokens.new_empty((b, sketch_size), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.bool),
+    )
+
+
+@torch.library.custom_op("eadaprune_kernels::spectral_budget", mutates_args=())
+def budget_op(
+    tokens: Tensor, sketch_matrix: Optional[Tensor], energy: float, center: bool, sketch_size: int,
+    power_iters: int, min_tokens: int, max_tokens: int, seed: int, backend: str, validate: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(budgets [B] int32, singular_values [B,l] float32, total_energy [B] float32, saturated [B] bool)."""
+    cfg = _config(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, sketch_matrix)
+    if tokens.shape[0] == 0:
+        return _empty_budget_fields(tokens, sketch_size)
+    if validate:
+        raise_if_nonfinite(tokens, None, sketch_matrix)
+    r = resolve_backend(backend, tokens.device).spectral_budget(tokens, cfg)
+    return r.budgets, r.singular_values, r.total_energy, r.saturated
+
+
+@budget_op.register_fake
+def _(tokens, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, backend,
+      validate):
+    b = tokens.shape[0]
+    return (
+        tokens.new_empty((b,), dtype=torch.int32),
+        tokens.new_empty((b, sketch_size), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.bool),
+    )

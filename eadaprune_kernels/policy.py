@@ -1,0 +1,180 @@
+"""Budget policies on top of the per-image budgets: a calibrated energy and a fixed batch total.
+
+* :func:`calibrate_energy` finds the energy that gives a requested mean budget over a calibration
+  set, so E-AdaPrune can be compared with fixed-budget pruning "under matched average token budgets"
+  (He & Chen, arXiv 2603.05950).
+* :func:`allocate_budgets` rescales per-image budgets to an exact total for the batch (largest
+  remainder), so a serving system can plan memory per batch and still share tokens by need.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ._validation import PipelineConfig
+from .api import spectral_budget
+from .reference import budget_from_spectrum
+
+__all__ = ["allocate_budgets", "calibrate_energy", "CalibratedEnergy"]
+
+_BISECTION_STEPS = 64  # halves a float64 bracket down to its last bit
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return int(value)
+
+
+def allocate_budgets(budgets: torch.Tensor, total: int, min_tokens: int, max_tokens: int) -> torch.Tensor:
+    """Scales per-image budgets [B] to integers in [min_tokens, max_tokens] that sum to exactly ``total``.
+
+    The continuous share of image i is clamp(s * budgets[i], min_tokens, max_tokens) with the scale s
+    that makes the shares sum to ``total`` (found by bisection on the device); shares are rounded by
+    the largest-remainder method, ties to the lower index. Budgets below 1 count as 1 (an image
+    always has some need). Runs on the budgets' device without a host synchronisation.
+
+    Args:
+        budgets: [B] integer or floating tensor, the per-image needs (e.g. ``spectral_budget(...).budgets``).
+        total: the exact number of tokens the batch keeps; B * min_tokens <= total <= B * max_tokens.
+        min_tokens, max_tokens: bounds of every image's share.
+
+    Returns:
+        [B] int32 on the budgets' device.
+    """
+    if not isinstance(budgets, torch.Tensor):
+        raise TypeError(f"budgets: expected a torch.Tensor [B], got {type(budgets).__name__}")
+    if budgets.dim() != 1:
+        raise ValueError(f"budgets: expected shape [B], got {tuple(budgets.shape)}")
+    if budgets.dtype == torch.bool or budgets.is_complex():
+        raise TypeError(f"budgets: expected an integer or floating dtype, got {budgets.dtype}")
+    total = _positive_int("total", total)
+    min_tokens = _positive_int("min_tokens", min_tokens)
+    max_tokens = _positive_int("max_tokens", max_tokens)
+    if min_tokens > max_tokens:
+        raise ValueError(f"min_tokens: expected at most max_tokens = {max_tokens}, got {min_tokens}")
+    b = budgets.numel()
+    if not b * min_tokens <= total <= b * max_tokens:
+        raise ValueError(
+            f"total: expected between B * min_tokens = {b * min_tokens} and B * max_tokens = "
+            f"{b * max_tokens} for B = {b}, got {total}"
+        )
+    need = budgets.to(torch.float64).clamp_min(1.0)
+
+    def shares(scale: torch.Tensor) -> torch.Tensor:
+        return (scale * need).clamp(min_tokens, max_tokens)
+
+    # f(s) = sum(shares(s)) rises from B*min (s=0) to B*max (s=max_tokens, as need >= 1).
+    low = torch.zeros((), dtype=torch.float64, device=budgets.device)
+    high = torch.full((), float(max_tokens), dtype=torch.float64, device=budgets.device)
+    for _ in range(_BISECTION_STEPS):
+        mid = (low + high) / 2
+        over = shares(mid).sum() >= total
+        high = torch.where(over, mid, high)
+        low = torch.where(over, low, mid)
+    continuous = shares(high)  # sums to >= total by less than one token
+    floors = continuous.floor()
+    remainder = continuous - floors
+    missing = total - floors.sum()  # 0 <= missing <= number of images with a fractional share
+    order = torch.sort(remainder, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(b, device=budgets.device)
+    return (floors + (rank < missing).to(torch.float64)).to(torch.int32)
+
+
+class CalibratedEnergy(float):
+    """The calibrated energy (a float), with the mean budget it gives as ``mean_tokens`` and the
+    interval ``plateau`` = (start, end) of energies that all give that mean."""
+
+    mean_tokens: float
+    plateau: tuple[float, float]
+
+    def __new__(cls, energy: float, mean_tokens: float, plateau: tuple[float, float]):
+        value = super().__new__(cls, energy)
+        value.mean_tokens = mean_tokens
+        value.plateau = plateau
+        return value
+
+    def __repr__(self) -> str:
+        return f"CalibratedEnergy({float(self)!r}, mean_tokens={self.mean_tokens!r}, plateau={self.plateau!r})"
+
+
+def calibrate_energy(batches, target_mean_tokens: float, **prune_kwargs) -> CalibratedEnergy:
+    """An energy that gives the smallest reachable mean budget >= ``target_mean_tokens`` over ``batches``.
+
+    The spectrum of every image is computed once (with ``prune_kwargs``: sketch_size, power_iters,
+    min_tokens, max_tokens, seed, backend, ...); the mean budget is a non-decreasing step function of
+    the energy, which is then bisected without recomputing any spectrum. Since it is a step function,
+    the achieved mean (``result.mean_tokens``) may exceed the target, and a whole interval of energies
+    (``result.plateau``) gives it; the middle of that interval is returned, so float rounding of a
+    backend's spectrum cannot tip an image over a step.
+
+    Args:
+        batches: a token tensor [B, N, D] or an iterable of them (images may differ in N between
+            batches; each batch's budgets follow its own N and l).
+        target_mean_tokens: the mean number of kept tokens per image to reach.
+        **prune_kwargs: keyword arguments of :func:`spectral_budget` except ``energy``.
+
+    Raises:
+        ValueError: the target lies outside the reachable range [mean at energy -> 0, mean at energy=1].
+    """
+    if "energy" in prune_kwargs:
+        raise TypeError("energy: calibrate_energy chooses the energy; do not pass it in prune_kwargs")
+    if isinstance(target_mean_tokens, bool) or not isinstance(target_mean_tokens, numbers.Real):
+        raise TypeError(f"target_mean_tokens: expected a number, got {type(target_mean_tokens).__name__}")
+    if isinstance(batches, torch.Tensor):
+        batches = [batches]
+    spectra = []
+    for batch in batches:
+        result = spectral_budget(batch, energy=1.0, **prune_kwargs)
+        sigma = result.singular_values.reshape(-1, result.singular_values.shape[-1]).to(torch.float64)
+        energy_total = result.total_energy.reshape(-1).to(torch.float64)
+        l = sigma.shape[1]
+        max_tokens = prune_kwargs.get("max_tokens") or l
+        spectra.append((sigma, energy_total, l, max_tokens))
+    if not spectra or all(s[0].shape[0] == 0 for s in spectra):
+        raise ValueError("batches: expected at least one image to calibrate on, got none")
+    min_tokens = prune_kwargs.get("min_tokens", 1)
+
+    def mean_budget(energy: float) -> float:
+        total, count = 0.0, 0
+        for sigma, energy_total, l, max_tokens in spectra:
+            cfg = PipelineConfig(energy=energy, center=True, sketch_size=l, power_iters=0,
+                                 min_tokens=min_tokens, max_tokens=max_tokens, seed=0, sketch_matrix=None)
+            flat = energy_total == 0
+            _, budgets, _ = budget_from_spectrum(sigma, energy_total, flat, cfg)
+            nonfinite = energy_total.isnan()
+            budgets = torch.where(nonfinite, torch.full_like(budgets, max_tokens), budgets)
+            total += float(budgets.sum())
+            count += budgets.numel()
+        return total / count
+
+    low_mean, high_mean = mean_budget(1e-12), mean_budget(1.0)
+    target = float(target_mean_tokens)
+    if not low_mean <= target <= high_mean:
+        raise ValueError(
+            f"target_mean_tokens: expected a mean budget in the reachable range [{low_mean:.3f}, "
+            f"{high_mean:.3f}] for these images and settings (raise sketch_size or max_tokens to reach "
+            f"more), got {target}"
+        )
+    def first_energy_reaching(mean: float) -> float:
+        """The smallest energy (to float64 bisection) whose mean budget is >= ``mean``."""
+        low, high = 0.0, 1.0  # mean_budget(low) < mean <= mean_budget(high)
+        for _ in range(_BISECTION_STEPS):
+            mid = (low + high) / 2
+            if mid in (low, high):
+                break
+            if mean_budget(mid) >= mean:
+                high = mid
+            else:
+                low = mid
+        return high
+
+    start = 0.0 if low_mean >= target else first_energy_reaching(target)
+    achieved = mean_budget(start) if start > 0 else low_mean
+    end = 1.0 if achieved >= high_mean else first_energy_reaching(achieved + 0.5 / sum(s[0].shape[0] for s in spectra))
+    return CalibratedEnergy((start + end) / 2, achieved, (start, end))
