@@ -105,3 +105,31 @@ def check_result_invariants(result, tokens: torch.Tensor, min_tokens: int, max_t
         assert bool((kept >= 0).all()) and bool((kept < n).all())
         assert bool((kept[1:] > kept[:-1]).all()), f"image {i}: indices not strictly ascending: {kept}"
         assert torch.equal(result.tokens[i, : lengths[i]], tokens[i, kept])
+
+
+def backend_params(include_reference: bool = False):
+    """pytest params (backend, device) for every registered backend on every device here.
+
+    A backend that cannot run (not built, no GPU, no triton) is kept as a skipped param whose reason
+    says why, so the test report shows what was not covered.
+    """
+    import pytest
+
+    from eadaprune_kernels.backends import BACKENDS, BackendUnavailable, resolve_backend
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    params = []
+    for device in devices:
+        for name in sorted(BACKENDS):
+            if name == "reference" and not include_reference:
+                continue
+            marks = []
+            try:
+                resolve_backend(name, torch.device(device))
+            except BackendUnavailable as exc:
+                marks.append(pytest.mark.skip(reason=str(exc)))
+            params.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
+    if not params:
+        params.append(pytest.param(None, "cpu", id="no-other-backend",
+                                   marks=pytest.mark.skip(reason="only the reference backend is registered")))
+    return params

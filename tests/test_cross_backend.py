@@ -10,32 +10,11 @@ import pytest
 import torch
 
 from eadaprune_kernels import adaptive_prune, gaussian_sketch, spectral_budget
-from eadaprune_kernels.backends import BACKENDS, BackendUnavailable, resolve_backend
 
-from helpers import assert_close_verbose, check_result_invariants, knife_edge, matrix_with_spectrum, spectrum
+from helpers import (assert_close_verbose, backend_params, check_result_invariants, knife_edge,
+                     matrix_with_spectrum, spectrum)
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def _backend_params():
-    params = []
-    for device in DEVICES:
-        for name in sorted(BACKENDS):
-            if name == "reference":
-                continue
-            marks = []
-            try:
-                resolve_backend(name, torch.device(device))
-            except BackendUnavailable as exc:
-                marks.append(pytest.mark.skip(reason=str(exc)))
-            params.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
-    if not params:
-        params.append(pytest.param(None, "cpu", id="no-other-backend",
-                                   marks=pytest.mark.skip(reason="only the reference backend is registered")))
-    return params
-
-
-BACKEND_PARAMS = _backend_params()
+BACKEND_PARAMS = backend_params()
 SHAPES = [(1, 7, 5, 4), (3, 64, 96, 16), (2, 200, 130, 32)]  # (B, N, D, sketch_size)
 SHAPE_IDS = [f"B{b}-N{n}-D{d}-l{s}" for b, n, d, s in SHAPES]
 RTOL = {torch.float32: 1e-4, torch.float64: 1e-4, torch.float16: 1e-3, torch.bfloat16: 1e-3}
