@@ -27,12 +27,13 @@ ENV_VAR = "EADAPRUNE_BACKEND"
 # name -> (module, device types it runs on)
 BACKENDS: dict[str, tuple[str, frozenset[str]]] = {
     "reference": ("eadaprune_kernels.reference", frozenset({"cpu", "cuda"})),
+    "triton": ("eadaprune_kernels.triton_backend", frozenset({"cuda", "cpu"})),
 }
 
 # Fastest first, per device type.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("reference",),
-    "cuda": ("reference",),
+    "cuda": ("triton", "reference"),
 }
 
 
