@@ -7,6 +7,7 @@
 
 from .api import adaptive_prune, randomized_svdvals, spectral_budget
 from .backends import available_backends
+from .policy import allocate_budgets, calibrate_energy
 from .reference import exact_budget, exact_svdvals
 from .results import BudgetResult, PruneResult
 from .sketch import gaussian_sketch
@@ -23,5 +24,7 @@ __all__ = [
     "exact_budget",
     "exact_svdvals",
     "available_backends",
+    "allocate_budgets",
+    "calibrate_energy",
     "__version__",
 ]
