@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import fields, replace
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from ._validation import check_scores, check_tokens, make_config
 from .backends import resolve_backend_name
 from .ops import budget_op, prune_op
+from .policy import allocate_budgets
 from .results import BudgetResult, PruneResult
 
 __all__ = ["adaptive_prune", "spectral_budget", "randomized_svdvals"]
@@ -38,6 +40,7 @@ def adaptive_prune(
     sketch_matrix: torch.Tensor | None = None,
     backend: str = "auto",
     validate: bool = True,
+    total_budget: int | None = None,
 ) -> PruneResult:
     """Keeps, per image, as many tokens as its spectrum needs to hold ``energy`` of its energy.
 
@@ -56,6 +59,10 @@ def adaptive_prune(
         validate: scan tokens and scores for NaN/Inf and raise ValueError naming the images
             (one host synchronisation). With False nothing synchronises, and a non-finite image is
             returned saturated with its first max_tokens tokens.
+        total_budget: keep exactly this many tokens over the whole batch, shared by need: the
+            per-image budgets are rescaled with :func:`eadaprune_kernels.allocate_budgets` (within
+            [min_tokens, max_tokens]) before the tokens are selected. Costs a second pass of the
+            pipeline (budgets first, then selection with the shares); no host synchronisation.
 
     Returns:
         :class:`PruneResult`, padded to max_tokens; ``result.backend`` names the backend that ran.
@@ -73,9 +80,26 @@ def adaptive_prune(
     if single:
         tokens = tokens[None]
         scores = None if scores is None else scores[None]
+    shares = None
+    if total_budget is not None:
+        batch = tokens.shape[0]
+        if isinstance(total_budget, bool) or not isinstance(total_budget, numbers.Integral):
+            raise TypeError(f"total_budget: expected an int or None, got {type(total_budget).__name__} {total_budget!r}")
+        if not batch * cfg.min_tokens <= total_budget <= batch * cfg.max_tokens:
+            raise ValueError(
+                f"total_budget: expected between B * min_tokens = {batch * cfg.min_tokens} and "
+                f"B * max_tokens = {batch * cfg.max_tokens} for B = {batch}, got {total_budget}"
+            )
+        if batch > 0:
+            needs = budget_op(
+                tokens, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
+                cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate,
+            )[0]
+            shares = allocate_budgets(needs, int(total_budget), cfg.min_tokens, cfg.max_tokens)
+            validate = False  # the budget pass has scanned the data
     fields = prune_op(
         tokens, scores, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
-        cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate,
+        cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate, shares,
     )
     result = PruneResult(*fields, backend=name)
     return _unbatch(result) if single else result

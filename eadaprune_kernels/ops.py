@@ -40,10 +40,12 @@ def _empty_budget_fields(tokens: Tensor, l: int):
 def prune_op(
     tokens: Tensor, scores: Optional[Tensor], sketch_matrix: Optional[Tensor], energy: float, center: bool,
     sketch_size: int, power_iters: int, min_tokens: int, max_tokens: int, seed: int, backend: str,
-    validate: bool,
+    validate: bool, budgets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(tokens [B,M,D], indices [B,M] int64, lengths [B] int32, mask [B,M] bool,
-    singular_values [B,l] float32, total_energy [B] float32, saturated [B] bool)."""
+    singular_values [B,l] float32, total_energy [B] float32, saturated [B] bool).
+
+    ``budgets`` ([B] int32), when given, replaces the computed budgets (a fixed batch total)."""
     cfg = _config(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, sketch_matrix)
     b, _, d = tokens.shape
     if b == 0:
@@ -52,13 +54,14 @@ def prune_op(
                 budgets, tokens.new_zeros((0, max_tokens), dtype=torch.bool), sigma, total, saturated)
     if validate:
         raise_if_nonfinite(tokens, scores, sketch_matrix)
-    r = resolve_backend(backend, tokens.device).adaptive_prune(tokens, scores, cfg)
+    impl = resolve_backend(backend, tokens.device)
+    r = impl.adaptive_prune(tokens, scores, cfg) if budgets is None else impl.adaptive_prune(tokens, scores, cfg, budgets)
     return r.tokens, r.indices, r.lengths, r.mask, r.singular_values, r.total_energy, r.saturated
 
 
 @prune_op.register_fake
 def _(tokens, scores, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed,
-      backend, validate):
+      backend, validate, budgets=None):
     b, _, d = tokens.shape
     m = max_tokens
     return (

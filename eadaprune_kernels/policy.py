@@ -14,7 +14,6 @@ import numbers
 import torch
 
 from ._validation import PipelineConfig
-from .api import spectral_budget
 from .reference import budget_from_spectrum
 
 __all__ = ["allocate_budgets", "calibrate_energy", "CalibratedEnergy"]
@@ -122,6 +121,8 @@ def calibrate_energy(batches, target_mean_tokens: float, **prune_kwargs) -> Cali
     Raises:
         ValueError: the target lies outside the reachable range [mean at energy -> 0, mean at energy=1].
     """
+    from .api import spectral_budget  # api uses allocate_budgets: import here, not at module level
+
     if "energy" in prune_kwargs:
         raise TypeError("energy: calibrate_energy chooses the energy; do not pass it in prune_kwargs")
     if isinstance(target_mean_tokens, bool) or not isinstance(target_mean_tokens, numbers.Real):

@@ -135,13 +135,25 @@ def spectral_budget(tokens: torch.Tensor, cfg: PipelineConfig) -> BudgetResult:
     )
 
 
-def adaptive_prune(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConfig) -> PruneResult:
-    """Budgets, selection and gather for checked tokens [B, N, D] and scores [B, N] or None."""
+def adaptive_prune(
+    tokens: torch.Tensor,
+    scores: torch.Tensor | None,
+    cfg: PipelineConfig,
+    budgets: torch.Tensor | None = None,
+) -> PruneResult:
+    """Budgets, selection and gather for checked tokens [B, N, D] and scores [B, N] or None.
+
+    ``budgets`` ([B] integers in [min_tokens, max_tokens], e.g. shares of a fixed batch total)
+    replaces the computed budgets; the leverage rank r = min(k*, l) stays each image's own.
+    """
+    budget_override = budgets
     batch, n, d = tokens.shape
     x, bad = _finite_float64(tokens, scores)
     sigma, energy, flat, u = _spectrum(x, cfg, want_vectors=scores is None)
     k_star, budgets, saturated = budget_from_spectrum(sigma, energy, flat, cfg)
     sigma, energy, saturated, budgets = _report_nonfinite(sigma, energy, saturated, budgets, bad, cfg)
+    if budget_override is not None:
+        budgets = budget_override.to(device=budgets.device, dtype=budgets.dtype)
 
     if scores is None:
         rank = k_star.clamp(max=cfg.sketch_size)

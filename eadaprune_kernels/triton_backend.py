@@ -223,6 +223,7 @@ def _jacobi_eigh(H, LP: tl.constexpr, MAX_SWEEPS: tl.constexpr):
 @triton.heuristics({
     "HAS_SKETCH": lambda a: a["OM"] is not a["WWS"],
     "HAS_SCORES": lambda a: a["SC"] is not None,
+    "HAS_BUDGETS": lambda a: a["BIN"] is not None,
 })
 @triton.jit(do_not_specialize=["N", "D", "L", "M", "POWER_ITERS", "SEED", "MIN_TOKENS", "THRESH"])
 def _eadaprune_kernel(
@@ -231,12 +232,13 @@ def _eadaprune_kernel(
     OM, som_d, som_l,  # sketch [D, l] (cfg.sketch_matrix, or WWS which the kernel fills)
     QWS, WWS, MUWS, LEVWS,  # fp32 scratch [B, N, LP], [B, D, LP], [B, D], [B, N]
     SIG, ENERGY, BUDGET, SAT,  # [B, L] f32, [B] f32, [B] i32, [B] u8 (bool)
+    BIN,  # [B] i32 budgets that replace the computed ones (total_budget), or None
     OTOK, sotb, sotm, sotd, OIDX, OMASK,  # [B, M, D], [B, M] i64, [B, M] u8 (bool)
     N, D, L, M, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     LP: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     XPREC: tl.constexpr, SPREC: tl.constexpr, MAX_SWEEPS: tl.constexpr,
-    HAS_SKETCH: tl.constexpr, HAS_SCORES: tl.constexpr,
+    HAS_SKETCH: tl.constexpr, HAS_SCORES: tl.constexpr, HAS_BUDGETS: tl.constexpr,
 ):
     """One program per image b: E-AdaPrune steps 1-9 of reference.py, see the module docstring.
 
@@ -391,6 +393,8 @@ def _eadaprune_kernel(
     k_star = tl.where(flat, MIN_TOKENS, k_star)
     budget = tl.minimum(tl.maximum(k_star, MIN_TOKENS), M)
     budget = tl.where(bad, M, budget)
+    if HAS_BUDGETS:  # shares of a fixed batch total; k* (the leverage rank) stays the image's own
+        budget = tl.load(BIN + i_b)
 
     sigma = tl.sqrt(sig2)
     if IS_F64:
@@ -500,7 +504,8 @@ def _check_device(tokens: torch.Tensor) -> None:
     raise RuntimeError(f"backend 'triton': expected CUDA (or interpreted CPU) tensors, got {tokens.device}")
 
 
-def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConfig, select: bool):
+def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConfig, select: bool,
+            budgets_in: torch.Tensor | None = None):
     _check_device(tokens)
     batch, n, d = tokens.shape
     dev = tokens.device
@@ -545,6 +550,7 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
             om, *som,
             q_ws, w_ws, mu_ws, lev_ws,
             sigma, energy, budgets, saturated.view(torch.uint8),
+            budgets_in,
             out_tokens, *out_tokens.stride(), out_indices, out_mask.view(torch.uint8),
             n, d, l, m, cfg.power_iters, cfg.seed, cfg.min_tokens, cfg.energy - ENERGY_SLACK, FLAT_RTOL,
             LP=lp, BT=bt, BS=64,
@@ -563,8 +569,13 @@ def spectral_budget(tokens: torch.Tensor, cfg: PipelineConfig) -> BudgetResult:
                         saturated=saturated, backend=NAME)
 
 
-def adaptive_prune(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConfig) -> PruneResult:
-    """Budgets, selection and padded gather for checked tokens [B, N, D] in one kernel launch."""
-    sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask = _launch(tokens, scores, cfg, True)
+def adaptive_prune(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConfig,
+                   budgets: torch.Tensor | None = None) -> PruneResult:
+    """Budgets, selection and padded gather for checked tokens [B, N, D] in one kernel launch.
+
+    ``budgets`` ([B] int32 in [min_tokens, max_tokens]) replaces the computed budgets, as the reference.
+    """
+    sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask = _launch(
+        tokens, scores, cfg, True, budgets)
     return PruneResult(tokens=out_tokens, indices=out_indices, lengths=budgets, mask=out_mask,
                        singular_values=sigma, total_energy=energy, saturated=saturated, backend=NAME)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eadaprune_kernels import spectral_budget
+from eadaprune_kernels import adaptive_prune, spectral_budget
 from eadaprune_kernels.policy import allocate_budgets, calibrate_energy
 
-from helpers import matrix_with_spectrum, spectrum
+from helpers import backend_params, check_result_invariants, matrix_with_spectrum, spectrum
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -92,3 +92,30 @@ def test_calibrate_energy_rejects_unreachable_targets():
         calibrate_energy(batches, 5.0, energy=0.9)
     with pytest.raises(ValueError, match="batches: expected at least one image"):
         calibrate_energy([], 5.0)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(include_reference=True))
+def test_total_budget_keeps_exactly_the_total_shared_by_need(backend, device):
+    x = torch.cat(_calibration_set())[:, :40].to(device)  # 12 images, N = 40
+    kwargs = dict(sketch_size=16, energy=0.95, min_tokens=2, max_tokens=20, backend=backend)
+    plain = adaptive_prune(x, **kwargs)
+    for total in (24, 100, 240):
+        result = adaptive_prune(x, total_budget=total, **kwargs)
+        assert int(result.lengths.sum()) == total
+        expected = allocate_budgets(plain.lengths, total, 2, 20)
+        assert torch.equal(result.lengths.cpu(), expected.cpu())
+        check_result_invariants(result, x, 2, 20)
+        # the spectrum is the image's own, whatever its share
+        assert torch.equal(result.singular_values.cpu(), plain.singular_values.cpu())
+    # when the total equals the sum of the needs, nothing changes
+    same = adaptive_prune(x, total_budget=int(plain.lengths.sum()), **kwargs)
+    assert torch.equal(same.indices.cpu(), plain.indices.cpu())
+
+
+def test_total_budget_is_checked():
+    x = torch.randn(3, 10, 6)
+    with pytest.raises(ValueError, match=r"total_budget: expected between B \* min_tokens = 3 and B \* max_tokens = 18"):
+        adaptive_prune(x, total_budget=19)
+    with pytest.raises(TypeError, match="total_budget: expected an int or None, got float"):
+        adaptive_prune(x, total_budget=9.0)
+    assert adaptive_prune(x[:0], total_budget=0).lengths.shape == (0,)
