@@ -27,13 +27,15 @@ ENV_VAR = "EADAPRUNE_BACKEND"
 # name -> (module, device types it runs on)
 BACKENDS: dict[str, tuple[str, frozenset[str]]] = {
     "reference": ("eadaprune_kernels.reference", frozenset({"cpu", "cuda"})),
+    "cpu": ("eadaprune_kernels.cpu_backend", frozenset({"cpu"})),
+    "cuda": ("eadaprune_kernels.cuda_backend", frozenset({"cuda"})),
     "triton": ("eadaprune_kernels.triton_backend", frozenset({"cuda", "cpu"})),
 }
 
 # Fastest first, per device type.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cpu": ("reference",),
-    "cuda": ("triton", "reference"),
+    "cpu": ("cpu", "reference"),
+    "cuda": ("triton", "cuda", "reference"),
 }
 
 
