@@ -1,0 +1,1 @@
+"""Speed and accuracy benchmarks for eadaprune_kernels (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""pytest-benchmark suite configuration: bench/ is not collected by the default `pytest` (testpaths=tests)."""
