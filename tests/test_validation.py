@@ -8,6 +8,8 @@ import torch
 from eadaprune_kernels import adaptive_prune, randomized_svdvals, spectral_budget
 from eadaprune_kernels.backends import BackendUnavailable
 
+from helpers import backend_params
+
 X = torch.randn(2, 12, 8)
 
 CASES = [
@@ -57,9 +59,12 @@ SCORE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend,device", backend_params(include_reference=True))
 @pytest.mark.parametrize("case_id,kwargs,exc,pattern", CASES, ids=[c[0] for c in CASES])
-def test_adaptive_prune_rejects_bad_arguments(case_id, kwargs, exc, pattern):
+def test_adaptive_prune_rejects_bad_arguments(case_id, kwargs, exc, pattern, backend, device):
+    """Every row of the bad-input table, on every backend (the same type and wording everywhere)."""
     kwargs = dict(kwargs)
+    kwargs.setdefault("backend", backend)
     tokens = kwargs.pop("tokens", X)
     with pytest.raises(exc, match=pattern):
         adaptive_prune(tokens, **kwargs)
@@ -73,10 +78,11 @@ def test_spectral_budget_rejects_bad_arguments(case_id, kwargs, exc, pattern):
         spectral_budget(tokens, **kwargs)
 
 
+@pytest.mark.parametrize("backend,device", backend_params(include_reference=True))
 @pytest.mark.parametrize("case_id,scores,exc,pattern", SCORE_CASES, ids=[c[0] for c in SCORE_CASES])
-def test_adaptive_prune_rejects_bad_scores(case_id, scores, exc, pattern):
+def test_adaptive_prune_rejects_bad_scores(case_id, scores, exc, pattern, backend, device):
     with pytest.raises(exc, match=pattern):
-        adaptive_prune(X, scores)
+        adaptive_prune(X, scores, backend=backend)
 
 
 def test_randomized_svdvals_checks_its_arguments():
