@@ -9,7 +9,7 @@ from .api import adaptive_prune, randomized_svdvals, spectral_budget
 from .backends import available_backends
 from .policy import allocate_budgets, calibrate_energy
 from .reference import exact_budget, exact_svdvals
-from .results import BudgetResult, PruneResult
+from .results import BudgetResult, PackedTokens, PruneResult
 from .sketch import gaussian_sketch
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "randomized_svdvals",
     "PruneResult",
     "BudgetResult",
+    "PackedTokens",
     "gaussian_sketch",
     "exact_budget",
     "exact_svdvals",

@@ -1,8 +1,14 @@
 """The one place that picks a backend.
 
-A backend is a module exposing ``NAME``, ``adaptive_prune(tokens, scores, cfg) -> PruneResult`` and
+A backend is a module exposing ``NAME``, ``adaptive_prune(tokens, scores, cfg, budgets=None) -> PruneResult`` and
 ``spectral_budget(tokens, cfg) -> BudgetResult`` for checked, batched tokens [B, N, D] and a
 :class:`~eadaprune_kernels._validation.PipelineConfig`. Backends are imported lazily, once.
+
+Ragged input (packed tokens [T, D] with cu_seqlens [B + 1]) is a capability: a backend module that
+sets ``SUPPORTS_RAGGED = True`` also exposes ``adaptive_prune_ragged(tokens, cu_seqlens, scores, cfg,
+budgets=None)`` and ``spectral_budget_ragged(tokens, cu_seqlens, cfg)``. For a ragged call "auto"
+skips backends without it, and a named one without it raises :class:`RaggedUnsupported` (never a
+silent padding to dense).
 
 ``backend="auto"`` takes the first available backend of ``AUTO_ORDER`` for the tensor's device
 type; the environment variable ``EADAPRUNE_BACKEND`` replaces "auto" by a fixed name (an explicit
@@ -19,8 +25,8 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["BACKENDS", "AUTO_ORDER", "ENV_VAR", "BackendUnavailable", "available_backends",
-           "resolve_backend", "resolve_backend_name"]
+__all__ = ["BACKENDS", "AUTO_ORDER", "ENV_VAR", "BackendUnavailable", "RaggedUnsupported",
+           "available_backends", "resolve_backend", "resolve_backend_name", "supports_ragged"]
 
 ENV_VAR = "EADAPRUNE_BACKEND"
 
@@ -43,6 +49,10 @@ class BackendUnavailable(RuntimeError):
     """A backend that was asked for cannot run here; the message says why."""
 
 
+class RaggedUnsupported(BackendUnavailable, NotImplementedError):
+    """A backend that was asked for does not take ragged input (cu_seqlens / a list of images) yet."""
+
+
 @functools.cache
 def _load(name: str) -> ModuleType:
     module_name, _ = BACKENDS[name]
@@ -60,15 +70,24 @@ def _is_available(name: str) -> bool:
     return True
 
 
-def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Names of the backends that can run on ``device``, fastest first."""
+def supports_ragged(name: str) -> bool:
+    """Whether the (importable) backend ``name`` takes packed ragged input: its ``SUPPORTS_RAGGED`` flag."""
+    return bool(getattr(_load(name), "SUPPORTS_RAGGED", False))
+
+
+def available_backends(device: torch.device | str = "cpu", ragged: bool = False) -> list[str]:
+    """Names of the backends that can run on ``device`` (and take ragged input if asked), fastest first."""
     device_type = torch.device(device).type
-    return [name for name in AUTO_ORDER.get(device_type, ()) if _is_available(name)]
+    return [name for name in AUTO_ORDER.get(device_type, ())
+            if _is_available(name) and (not ragged or supports_ragged(name))]
 
 
 @torch.compiler.assume_constant_result
-def resolve_backend_name(backend: str, device_type: str) -> str:
+def resolve_backend_name(backend: str, device_type: str, ragged: bool = False) -> str:
     """The name of the backend that ``backend`` ("auto" or a name) resolves to on ``device_type``.
+
+    With ``ragged`` the backend must take packed ragged input: "auto" skips those that do not, and a
+    named one that does not raises :class:`RaggedUnsupported`.
 
     Marked as a constant for torch.compile: it reads only the arguments, the environment and which
     modules import, so it runs once at trace time and never breaks the graph.
@@ -82,9 +101,10 @@ def resolve_backend_name(backend: str, device_type: str) -> str:
         source = ""
     if backend == "auto":
         for name in AUTO_ORDER.get(device_type, ()):
-            if _is_available(name):
+            if _is_available(name) and (not ragged or supports_ragged(name)):
                 return name
-        raise BackendUnavailable(f"backend 'auto': no backend runs on device type {device_type!r}")
+        what = "ragged input" if ragged else "a backend"
+        raise BackendUnavailable(f"backend 'auto': no backend runs {what} on device type {device_type!r}")
     if backend not in BACKENDS:
         raise ValueError(
             f"backend{source}: expected 'auto' or one of {sorted(BACKENDS)}, got {backend!r}"
@@ -95,9 +115,14 @@ def resolve_backend_name(backend: str, device_type: str) -> str:
             f"backend {backend!r}{source} runs on {sorted(device_types)} tensors, got a {device_type} tensor"
         )
     _load(backend)  # raises BackendUnavailable with the reason
+    if ragged and not supports_ragged(backend):
+        raise RaggedUnsupported(
+            f"backend {backend!r}{source} does not support ragged input (packed tokens with cu_seqlens, or a "
+            f"list of images) yet; use backend='reference' or 'triton', or pad the images to one N yourself"
+        )
     return backend
 
 
-def resolve_backend(backend: str, device: torch.device) -> ModuleType:
-    """The backend module to run for ``backend`` ("auto" or a name) on ``device``."""
-    return _load(resolve_backend_name(backend, torch.device(device).type))
+def resolve_backend(backend: str, device: torch.device, ragged: bool = False) -> ModuleType:
+    """The backend module to run for ``backend`` ("auto" or a name) on ``device`` (and ragged input)."""
+    return _load(resolve_backend_name(backend, torch.device(device).type, ragged))

@@ -5,6 +5,13 @@ max_tokens, never on the data, so ``torch.compile(fullgraph=True)`` traces :func
 without graph breaks; the real implementation (which may scan for NaN and raise) runs eagerly inside
 the op. Both ops take batched tokens [B, N, D] (B may be 0), arguments already checked, ``sketch_size``
 already resolved to l, and the name of a resolved backend.
+
+Ragged input has its own pair, ``eadaprune_kernels::adaptive_prune_ragged`` and
+``eadaprune_kernels::spectral_budget_ragged``: packed tokens [T, D] and cu_seqlens [B + 1], whose fake
+output shapes depend only on B (from cu_seqlens' length), D, L = min(sketch_size, D) and M. The data
+checks of cu_seqlens run inside the op: always when it is a CPU tensor (host data), under
+``validate`` (one synchronisation, shared with the NaN/Inf scan) when it is on a GPU. The dispatch
+refuses backends whose module lacks ``SUPPORTS_RAGGED``.
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ from typing import Optional
 
 import torch
 
-from ._validation import PipelineConfig, raise_if_nonfinite
+from ._validation import PipelineConfig, raise_if_invalid_ragged, raise_if_nonfinite
 from .backends import resolve_backend
 
-__all__ = ["prune_op", "budget_op"]
+__all__ = ["prune_op", "budget_op", "ragged_prune_op", "ragged_budget_op"]
 
 Tensor = torch.Tensor
 
@@ -55,7 +62,7 @@ def prune_op(
     if validate:
         raise_if_nonfinite(tokens, scores, sketch_matrix)
     impl = resolve_backend(backend, tokens.device)
-    r = impl.adaptive_prune(tokens, scores, cfg) if budgets is None else impl.adaptive_prune(tokens, scores, cfg, budgets)
+    r = impl.adaptive_prune(tokens, scores, cfg, budgets)
     return r.tokens, r.indices, r.lengths, r.mask, r.singular_values, r.total_energy, r.saturated
 
 
@@ -94,6 +101,72 @@ def budget_op(
 def _(tokens, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, backend,
       validate):
     b = tokens.shape[0]
+    return (
+        tokens.new_empty((b,), dtype=torch.int32),
+        tokens.new_empty((b, sketch_size), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.bool),
+    )
+
+
+def _check_ragged_data(tokens, cu_seqlens, scores, sketch_matrix, validate, total_budget, min_tokens, max_tokens):
+    raise_if_invalid_ragged(
+        tokens, cu_seqlens, scores, sketch_matrix,
+        check_values=validate or cu_seqlens.device.type == "cpu", check_finite=validate,
+        total_budget=total_budget, min_tokens=min_tokens, max_tokens=max_tokens,
+    )
+
+
+@torch.library.custom_op("eadaprune_kernels::adaptive_prune_ragged", mutates_args=())
+def ragged_prune_op(
+    tokens: Tensor, cu_seqlens: Tensor, scores: Optional[Tensor], sketch_matrix: Optional[Tensor], energy: float,
+    center: bool, sketch_size: int, power_iters: int, min_tokens: int, max_tokens: int, seed: int, backend: str,
+    validate: bool, budgets: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Packed tokens [T, D], cu_seqlens [B + 1] -> the seven fields of prune_op with B images, width
+    M = max_tokens and singular values [B, L] (L = sketch_size, already min(sketch_size, D))."""
+    cfg = _config(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, sketch_matrix)
+    _check_ragged_data(tokens, cu_seqlens, scores, sketch_matrix, validate, None, min_tokens, max_tokens)
+    impl = resolve_backend(backend, tokens.device, ragged=True)
+    r = impl.adaptive_prune_ragged(tokens, cu_seqlens, scores, cfg, budgets)
+    return r.tokens, r.indices, r.lengths, r.mask, r.singular_values, r.total_energy, r.saturated
+
+
+@ragged_prune_op.register_fake
+def _(tokens, cu_seqlens, scores, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
+      seed, backend, validate, budgets=None):
+    b, d, m = cu_seqlens.shape[0] - 1, tokens.shape[1], max_tokens
+    return (
+        tokens.new_empty((b, m, d)),
+        tokens.new_empty((b, m), dtype=torch.int64),
+        tokens.new_empty((b,), dtype=torch.int32),
+        tokens.new_empty((b, m), dtype=torch.bool),
+        tokens.new_empty((b, sketch_size), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.bool),
+    )
+
+
+@torch.library.custom_op("eadaprune_kernels::spectral_budget_ragged", mutates_args=())
+def ragged_budget_op(
+    tokens: Tensor, cu_seqlens: Tensor, sketch_matrix: Optional[Tensor], energy: float, center: bool,
+    sketch_size: int, power_iters: int, min_tokens: int, max_tokens: int, seed: int, backend: str, validate: bool,
+    total_budget: Optional[int] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Packed tokens [T, D], cu_seqlens [B + 1] -> the four fields of budget_op with B images.
+
+    ``total_budget``, when given, is checked against the images' bounds (sum(min_i) <= it <= sum(max_i))
+    together with cu_seqlens (it is the first pass of adaptive_prune(..., total_budget=))."""
+    cfg = _config(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, sketch_matrix)
+    _check_ragged_data(tokens, cu_seqlens, None, sketch_matrix, validate, total_budget, min_tokens, max_tokens)
+    r = resolve_backend(backend, tokens.device, ragged=True).spectral_budget_ragged(tokens, cu_seqlens, cfg)
+    return r.budgets, r.singular_values, r.total_energy, r.saturated
+
+
+@ragged_budget_op.register_fake
+def _(tokens, cu_seqlens, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed,
+      backend, validate, total_budget=None):
+    b = cu_seqlens.shape[0] - 1
     return (
         tokens.new_empty((b,), dtype=torch.int32),
         tokens.new_empty((b, sketch_size), dtype=torch.float32),

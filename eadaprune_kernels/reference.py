@@ -21,20 +21,32 @@ randomized range finder with subspace iteration, Halko-Martinsson-Tropp 2011, Al
 
 Under validate=False an image holding NaN/Inf (in tokens or scores) is computed as zeros and then
 reported saturated with NaN spectrum and energy, keeping its first max_tokens tokens.
+
+Ragged input (packed tokens [T, D], image b = rows cu_seqlens[b]:cu_seqlens[b + 1]) is *defined* as
+running each image alone with its own N_i: l_i = min(L, N_i) with L = min(sketch_size, D) (the first
+l_i columns of the same Omega), max_i = min(M, N_i), min_i = min(min_tokens, max_i). The results
+are then laid out with the batch-wide widths: singular_values [B, L] (0 past l_i), tokens [B, M, D],
+indices [B, M] relative to the image's start (-1 past the budget). The ragged functions below are
+that loop: they read cu_seqlens to the host (one synchronisation for a GPU cu_seqlens, which is
+then always checked); the reference is the definition, not the fast path.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._validation import PipelineConfig, nonfinite_images
+from dataclasses import replace
+
+from ._validation import PipelineConfig, image_bounds, nonfinite_images
 from .results import BudgetResult, PruneResult
 from .sketch import gaussian_sketch
 
-__all__ = ["NAME", "ENERGY_SLACK", "FLAT_RTOL", "adaptive_prune", "spectral_budget",
-           "exact_svdvals", "exact_budget", "budget_from_spectrum"]
+__all__ = ["NAME", "SUPPORTS_RAGGED", "ENERGY_SLACK", "FLAT_RTOL", "adaptive_prune", "spectral_budget",
+           "adaptive_prune_ragged", "spectral_budget_ragged", "image_config", "exact_svdvals", "exact_budget",
+           "budget_from_spectrum"]
 
 NAME = "reference"
+SUPPORTS_RAGGED = True
 
 # The threshold is (energy - ENERGY_SLACK) * E, so that energy=1.0 returns the numerical rank when
 # the sketch spans the range (cumsum(sigma^2) then equals E up to rounding, which may fall short).
@@ -184,6 +196,68 @@ def adaptive_prune(
         saturated=saturated,
         backend=NAME,
     )
+
+
+def image_config(cfg: PipelineConfig, n: int) -> PipelineConfig:
+    """The configuration of one image of N = n tokens in a ragged call whose ``cfg`` holds the batch-wide
+    L and M: l = min(L, n), max = min(M, n), min = min(min_tokens, max), the first l sketch columns."""
+    l = min(cfg.sketch_size, n)
+    top = min(cfg.max_tokens, n)
+    sketch = None if cfg.sketch_matrix is None else cfg.sketch_matrix[:, :l]
+    return replace(cfg, sketch_size=l, max_tokens=top, min_tokens=min(cfg.min_tokens, top), sketch_matrix=sketch)
+
+
+def spectral_budget_ragged(tokens: torch.Tensor, cu_seqlens: torch.Tensor, cfg: PipelineConfig) -> BudgetResult:
+    """Budgets of packed tokens [T, D], image by image; see the module docstring (ragged input)."""
+    bounds = image_bounds(cu_seqlens, tokens.shape[0])
+    batch = len(bounds) - 1
+    sigma = torch.zeros(batch, cfg.sketch_size, dtype=torch.float32, device=tokens.device)
+    energy = torch.zeros(batch, dtype=torch.float32, device=tokens.device)
+    budgets = torch.zeros(batch, dtype=torch.int32, device=tokens.device)
+    saturated = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
+    for b in range(batch):
+        start, end = bounds[b], bounds[b + 1]
+        one = image_config(cfg, end - start)
+        r = spectral_budget(tokens[start:end][None], one)
+        sigma[b, : one.sketch_size] = r.singular_values[0]
+        energy[b], budgets[b], saturated[b] = r.total_energy[0], r.budgets[0], r.saturated[0]
+    return BudgetResult(budgets=budgets, singular_values=sigma, total_energy=energy, saturated=saturated,
+                        backend=NAME)
+
+
+def adaptive_prune_ragged(
+    tokens: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scores: torch.Tensor | None,
+    cfg: PipelineConfig,
+    budgets: torch.Tensor | None = None,
+) -> PruneResult:
+    """Budgets, selection and padded gather of packed tokens [T, D] (scores [T] or None), image by
+    image; ``budgets`` [B] (each in [min_i, max_i]) replaces the computed ones. Indices are relative
+    to each image's start."""
+    bounds = image_bounds(cu_seqlens, tokens.shape[0])
+    batch, m, d = len(bounds) - 1, cfg.max_tokens, tokens.shape[1]
+    dev = tokens.device
+    kept = torch.zeros(batch, m, d, dtype=tokens.dtype, device=dev)
+    indices = torch.full((batch, m), -1, dtype=torch.int64, device=dev)
+    lengths = torch.zeros(batch, dtype=torch.int32, device=dev)
+    mask = torch.zeros(batch, m, dtype=torch.bool, device=dev)
+    sigma = torch.zeros(batch, cfg.sketch_size, dtype=torch.float32, device=dev)
+    energy = torch.zeros(batch, dtype=torch.float32, device=dev)
+    saturated = torch.zeros(batch, dtype=torch.bool, device=dev)
+    for b in range(batch):
+        start, end = bounds[b], bounds[b + 1]
+        one = image_config(cfg, end - start)
+        r = adaptive_prune(
+            tokens[start:end][None], None if scores is None else scores[start:end][None], one,
+            None if budgets is None else budgets[b: b + 1],
+        )
+        w = one.max_tokens
+        kept[b, :w], indices[b, :w], mask[b, :w] = r.tokens[0], r.indices[0], r.mask[0]
+        sigma[b, : one.sketch_size] = r.singular_values[0]
+        lengths[b], energy[b], saturated[b] = r.lengths[0], r.total_energy[0], r.saturated[0]
+    return PruneResult(tokens=kept, indices=indices, lengths=lengths, mask=mask, singular_values=sigma,
+                       total_energy=energy, saturated=saturated, backend=NAME)
 
 
 def exact_svdvals(tokens: torch.Tensor, center: bool = True) -> torch.Tensor:

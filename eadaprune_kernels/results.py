@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["PruneResult", "BudgetResult"]
+__all__ = ["PruneResult", "BudgetResult", "PackedTokens"]
+
+
+class PackedTokens(NamedTuple):
+    """The kept tokens of a :class:`PruneResult` without padding (flash-attention layout).
+
+    tokens:      [K, D] in the input dtype, K = sum(lengths); image b's rows are cu_seqlens[b]:cu_seqlens[b + 1].
+    cu_seqlens:  [B + 1] int32, cu_seqlens[0] = 0, cu_seqlens[b + 1] - cu_seqlens[b] = lengths[b].
+    indices:     [K] int64, each kept token's position relative to its own image's start (ascending
+                 within an image); add the input's cu_seqlens[b] for the position in packed input.
+    """
+
+    tokens: torch.Tensor
+    cu_seqlens: torch.Tensor
+    indices: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -22,6 +37,8 @@ class BudgetResult:
                           a non-finite value under validate=False); such an image gets max_tokens.
         backend:          name of the backend that computed it.
     A single image [N, D] gives the same fields without the leading B dimension.
+    Ragged input: singular_values is [B, min(sketch_size, D)], 0 past each image's l_i, and a
+    saturated image gets its own max_i = min(max_tokens, N_i).
     """
 
     budgets: torch.Tensor
@@ -39,6 +56,7 @@ class PruneResult:
         tokens:           [B, M, D] in the input dtype; row p < lengths[b] is a kept token, rows past
                           it are exactly zero.
         indices:          [B, M] int64, the kept tokens' positions in the input, ascending; -1 in padding.
+                          For ragged input, positions relative to each image's start (0 <= index < N_i).
         lengths:          [B] int32, the budget of each image.
         mask:             [B, M] bool, ``arange(M) < lengths[:, None]``.
         singular_values:  [B, l] float32, as in :class:`BudgetResult`.
@@ -46,6 +64,11 @@ class PruneResult:
         saturated:        [B] bool, as in :class:`BudgetResult`.
         backend:          name of the backend that computed it.
     A single image [N, D] gives the same fields without the leading B dimension.
+
+    Ragged input (packed [T, D] with cu_seqlens [B + 1], or a list of [N_i, D]): the same fields, with
+    M = max_tokens if given, else min(sketch_size, D) (never data-dependent); lengths[b] <= min(M, N_i)
+    and singular_values [B, min(sketch_size, D)] with the entries past l_i = min(sketch_size, N_i, D)
+    equal to 0. :meth:`packed_with_indices` gives the packed layout.
     """
 
     tokens: torch.Tensor
@@ -69,3 +92,18 @@ class PruneResult:
         cu_seqlens = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
         cu_seqlens[1:] = torch.cumsum(lengths, 0, dtype=torch.int32)
         return tokens[mask], cu_seqlens
+
+    def packed_with_indices(self) -> PackedTokens:
+        """:meth:`packed` plus the kept indices: ``PackedTokens(tokens [K, D], cu_seqlens [B + 1] int32,
+        indices [K] int64)`` with K = sum(lengths) and indices relative to each image's start.
+
+        K decides the output shapes, so this costs one host synchronisation on a GPU (a single boolean
+        mask is used for both gathers).
+        """
+        tokens, mask, lengths, indices = self.tokens, self.mask, self.lengths, self.indices
+        if tokens.dim() == 2:  # unbatched result
+            tokens, mask, lengths, indices = tokens[None], mask[None], lengths.reshape(1), indices[None]
+        cu_seqlens = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
+        cu_seqlens[1:] = torch.cumsum(lengths, 0, dtype=torch.int32)
+        rows = mask.reshape(-1).nonzero().squeeze(1)  # the one sync
+        return PackedTokens(tokens.reshape(-1, tokens.shape[-1])[rows], cu_seqlens, indices.reshape(-1)[rows])

@@ -18,6 +18,13 @@ Workspace (``torch.empty``, fp32, per image): Q [N, LP], W [D, LP] (first holds 
 sketch), mu [D], leverage [N], with LP = max(16, next_pow2(l)). Per call that is
 B * 4 * (N + D) * (LP + 1) bytes: 39 MB at B=64, N=576, D=1024, l=128.
 
+Ragged input (packed tokens [T, D], cu_seqlens [B + 1]) runs in the same single launch: program b
+loads its rows [cu_seqlens[b], cu_seqlens[b + 1]) (clamped to [0, T]; no host read of cu_seqlens), and
+its Q and leverage scratch are the same rows of [T, LP] and [T], so the scratch is
+4 * (T * (LP + 1) + B * D * (LP + 1)) bytes, sized from the shapes alone. An image of N_i tokens
+uses l_i = min(L, N_i) columns of the same Omega and budget bounds [min(min_tokens, max_i), max_i],
+max_i = min(M, N_i); its cost is that of a dense image of N_i tokens.
+
 Numerics (why these choices):
 * Orthonormalisation is shifted CholeskyQR3: each pass forms the Gram G of the current matrix,
   factors G + s I (s = 1e-6 max diag G, pivots floored at s) and applies L^-T. The shift keeps the
@@ -63,9 +70,11 @@ from ._validation import PipelineConfig
 from .reference import ENERGY_SLACK, FLAT_RTOL
 from .results import BudgetResult, PruneResult
 
-__all__ = ["NAME", "adaptive_prune", "spectral_budget"]
+__all__ = ["NAME", "SUPPORTS_RAGGED", "adaptive_prune", "spectral_budget", "adaptive_prune_ragged",
+           "spectral_budget_ragged"]
 
 NAME = "triton"
+SUPPORTS_RAGGED = True
 
 # Shift of the CholeskyQR passes, relative to the largest diagonal entry of the Gram matrix. Each pass
 # makes the columns contract by lambda / (lambda + shift): the three passes of one orthonormalisation
@@ -224,13 +233,15 @@ def _jacobi_eigh(H, LP: tl.constexpr, MAX_SWEEPS: tl.constexpr):
     "HAS_SKETCH": lambda a: a["OM"] is not a["WWS"],
     "HAS_SCORES": lambda a: a["SC"] is not None,
     "HAS_BUDGETS": lambda a: a["BIN"] is not None,
+    "RAGGED": lambda a: a["CU"] is not None,
 })
 @triton.jit(do_not_specialize=["N", "D", "L", "M", "POWER_ITERS", "SEED", "MIN_TOKENS", "THRESH"])
 def _eadaprune_kernel(
-    X, sxb, sxn, sxd,  # tokens [B, N, D]
-    SC, scb, scn,  # scores [B, N] or None
+    X, sxb, sxn, sxd,  # tokens [B, N, D], or packed [T, D] (RAGGED: sxb unused, N = T)
+    CU,  # cu_seqlens [B + 1] int32/int64 (RAGGED), or None
+    SC, scb, scn,  # scores [B, N] (or packed [T]) or None
     OM, som_d, som_l,  # sketch [D, l] (cfg.sketch_matrix, or WWS which the kernel fills)
-    QWS, WWS, MUWS, LEVWS,  # fp32 scratch [B, N, LP], [B, D, LP], [B, D], [B, N]
+    QWS, WWS, MUWS, LEVWS,  # fp32 scratch [B, N, LP] ([T, LP] ragged), [B, D, LP], [B, D], [B, N] ([T])
     SIG, ENERGY, BUDGET, SAT,  # [B, L] f32, [B] f32, [B] i32, [B] u8 (bool)
     BIN,  # [B] i32 budgets that replace the computed ones (total_budget), or None
     OTOK, sotb, sotm, sotd, OIDX, OMASK,  # [B, M, D], [B, M] i64, [B, M] u8 (bool)
@@ -238,7 +249,7 @@ def _eadaprune_kernel(
     LP: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     XPREC: tl.constexpr, SPREC: tl.constexpr, MAX_SWEEPS: tl.constexpr,
-    HAS_SKETCH: tl.constexpr, HAS_SCORES: tl.constexpr, HAS_BUDGETS: tl.constexpr,
+    HAS_SKETCH: tl.constexpr, HAS_SCORES: tl.constexpr, HAS_BUDGETS: tl.constexpr, RAGGED: tl.constexpr,
 ):
     """One program per image b: E-AdaPrune steps 1-9 of reference.py, see the module docstring.
 
@@ -255,10 +266,37 @@ def _eadaprune_kernel(
          by counting (greater, or equal with a lower index): kept iff rank < budget, output slot =
          running count of kept tokens with a lower index; scatter indices and rows; padding.
     orth = shifted CholeskyQR3 (see _orthonormalise); all Gram and l x l work in fp32.
+
+    RAGGED: image b is rows [start, end) of the packed tokens, read from CU (clamped to [0, T], so
+    invalid cu_seqlens cannot send a program out of bounds); it has n_img = end - start tokens,
+    l_img = min(L, n_img) sketch columns (the first ones of the same Omega) and budget bounds
+    [min(MIN_TOKENS, m_img), m_img] with m_img = min(M, n_img). Its Q and leverage scratch are rows
+    [start, end) of [T, LP] and [T]; the outputs keep the batch-wide widths L and M.
     """
     i_b = tl.program_id(0).to(tl.int64)
-    x_img = X + i_b * sxb
-    q_img = QWS + i_b * N * LP
+    if RAGGED:
+        start = tl.load(CU + i_b).to(tl.int64)
+        end = tl.load(CU + i_b + 1).to(tl.int64)
+        start = tl.minimum(tl.maximum(start, 0), N)
+        end = tl.minimum(tl.maximum(end, start), N)
+        n_img = (end - start).to(tl.int32)
+        x_img = X + start * sxn
+        q_img = QWS + start * LP
+        lev_img = LEVWS + start
+        if HAS_SCORES:
+            sc_img = SC + start * scn
+        l_img = tl.minimum(L, n_img)
+        m_img = tl.minimum(M, n_img)
+    else:
+        n_img = N
+        x_img = X + i_b * sxb
+        q_img = QWS + i_b * N * LP
+        lev_img = LEVWS + i_b * N
+        if HAS_SCORES:
+            sc_img = SC + i_b * scb
+        l_img = L
+        m_img = M
+    min_img = tl.minimum(MIN_TOKENS, m_img)
     w_img = WWS + i_b * D * LP
     mu_img = MUWS + i_b * D
     o_t = tl.arange(0, BT)
@@ -271,11 +309,11 @@ def _eadaprune_kernel(
     else:
         amax = tl.zeros([BT, BT], dtype=tl.float32)
     nonfinite = tl.zeros([BT, BT], dtype=tl.int32)
-    for n0 in range(0, N, BT):
+    for n0 in range(0, n_img, BT):
         for d0 in range(0, D, BT):
             o_n = n0 + o_t
             o_d = d0 + o_t
-            m_x = (o_n[:, None] < N) & (o_d[None, :] < D)
+            m_x = (o_n[:, None] < n_img) & (o_d[None, :] < D)
             b_x = tl.load(x_img + o_n[:, None] * sxn + o_d[None, :] * sxd, mask=m_x, other=0.0)
             if IS_F64:
                 b_x = b_x.to(tl.float64)
@@ -285,8 +323,8 @@ def _eadaprune_kernel(
             amax = tl.maximum(amax, tl.abs(b_x))
     bad = tl.max(tl.max(nonfinite, 1), 0) != 0
     if HAS_SCORES:
-        for n0 in range(0, N, BS):
-            b_sc = tl.load(SC + i_b * scb + (n0 + o_s) * scn, mask=(n0 + o_s) < N, other=0.0)
+        for n0 in range(0, n_img, BS):
+            b_sc = tl.load(sc_img + (n0 + o_s) * scn, mask=(n0 + o_s) < n_img, other=0.0)
             bad = bad | (tl.max(((b_sc - b_sc) != 0.0).to(tl.int32), 0) != 0)
     inv, scale = _pow2_inverse_scale(tl.max(tl.max(amax, 1), 0), IS_F64)
 
@@ -296,17 +334,17 @@ def _eadaprune_kernel(
     for d0 in range(0, D, BT):
         o_d = d0 + o_t
         colsum = tl.zeros([BT], dtype=tl.float32)
-        for n0 in range(0, N, BT):
-            b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, N, D, inv, bad, False, IS_F64, BT, BT)
+        for n0 in range(0, n_img, BT):
+            b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, False, IS_F64, BT, BT)
             colsum += tl.sum(b_x, 0)
-        b_mu = colsum / N
+        b_mu = colsum / tl.maximum(n_img, 1)
         if CENTER:
             tl.store(mu_img + o_d, b_mu, mask=o_d < D)
-        for n0 in range(0, N, BT):
-            b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, N, D, inv, bad, False, IS_F64, BT, BT)
+        for n0 in range(0, n_img, BT):
+            b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, False, IS_F64, BT, BT)
             raw += tl.sum(tl.sum(b_x * b_x, 1), 0)
             if CENTER:
-                m_n = (n0 + o_t) < N
+                m_n = (n0 + o_t) < n_img
                 b_c = tl.where(m_n[:, None], b_x - b_mu[None, :], 0.0)
                 energy += tl.sum(tl.sum(b_c * b_c, 1), 0)
     if not CENTER:
@@ -320,7 +358,7 @@ def _eadaprune_kernel(
             o_d = d0 + o_t
             offs = o_l[None, :] * D + o_d[:, None]  # int32 j*D + i
             b_om = tl.randn(SEED, offs)
-            b_om = tl.where((o_l[None, :] < L) & (o_d[:, None] < D), b_om, 0.0)
+            b_om = tl.where((o_l[None, :] < l_img) & (o_d[:, None] < D), b_om, 0.0)
             tl.store(w_img + o_d[:, None] * LP + o_l[None, :], b_om, mask=o_d[:, None] < D)
         tl.debug_barrier()
         om_img = w_img
@@ -330,27 +368,27 @@ def _eadaprune_kernel(
         om_img = OM
         som_d_ = som_d
         som_l_ = som_l
-    for n0 in range(0, N, BT):
+    for n0 in range(0, n_img, BT):
         acc = tl.zeros([BT, LP], dtype=tl.float32)
         for d0 in range(0, D, BT):
-            b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, N, D, inv, bad, CENTER, IS_F64, BT, BT)
+            b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, CENTER, IS_F64, BT, BT)
             o_d = d0 + o_t
             b_om = tl.load(om_img + o_d[:, None] * som_d_ + o_l[None, :] * som_l_,
-                           mask=(o_d[:, None] < D) & (o_l[None, :] < L), other=0.0).to(tl.float32)
+                           mask=(o_d[:, None] < D) & (o_l[None, :] < l_img), other=0.0).to(tl.float32)
             acc += tl.dot(b_x, b_om, input_precision=XPREC)
-        tl.store(q_img + (n0 + o_t)[:, None] * LP + o_l[None, :], acc, mask=(n0 + o_t)[:, None] < N)
+        tl.store(q_img + (n0 + o_t)[:, None] * LP + o_l[None, :], acc, mask=(n0 + o_t)[:, None] < n_img)
     tl.debug_barrier()
-    _orthonormalise(q_img, N, LP, BT, SPREC)
+    _orthonormalise(q_img, n_img, LP, BT, SPREC)
 
     # ---- D: power iterations; E: Z = X_c^T Q with H = Z^T Z -----------------------------------
     H = tl.zeros([LP, LP], dtype=tl.float32)
     for it in range(POWER_ITERS + 1):
         for d0 in range(0, D, BT):
             acc = tl.zeros([BT, LP], dtype=tl.float32)
-            for n0 in range(0, N, BT):
-                b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, N, D, inv, bad, CENTER, IS_F64, BT, BT)
+            for n0 in range(0, n_img, BT):
+                b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, CENTER, IS_F64, BT, BT)
                 b_q = tl.load(q_img + (n0 + o_t)[:, None] * LP + o_l[None, :],
-                              mask=(n0 + o_t)[:, None] < N, other=0.0)
+                              mask=(n0 + o_t)[:, None] < n_img, other=0.0)
                 acc += tl.dot(tl.trans(b_x), b_q, input_precision=XPREC)
             tl.store(w_img + (d0 + o_t)[:, None] * LP + o_l[None, :], acc, mask=(d0 + o_t)[:, None] < D)
             if it == POWER_ITERS:
@@ -358,17 +396,17 @@ def _eadaprune_kernel(
         tl.debug_barrier()
         if it < POWER_ITERS:
             _orthonormalise(w_img, D, LP, BT, SPREC)
-            for n0 in range(0, N, BT):
+            for n0 in range(0, n_img, BT):
                 acc = tl.zeros([BT, LP], dtype=tl.float32)
                 for d0 in range(0, D, BT):
-                    b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, N, D, inv, bad, CENTER, IS_F64, BT, BT)
+                    b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, CENTER, IS_F64, BT, BT)
                     b_w = tl.load(w_img + (d0 + o_t)[:, None] * LP + o_l[None, :],
                                   mask=(d0 + o_t)[:, None] < D, other=0.0)
                     acc += tl.dot(b_x, b_w, input_precision=XPREC)
                 tl.store(q_img + (n0 + o_t)[:, None] * LP + o_l[None, :], acc,
-                         mask=(n0 + o_t)[:, None] < N)
+                         mask=(n0 + o_t)[:, None] < n_img)
             tl.debug_barrier()
-            _orthonormalise(q_img, N, LP, BT, SPREC)
+            _orthonormalise(q_img, n_img, LP, BT, SPREC)
 
     V = _jacobi_eigh(H, LP, MAX_SWEEPS)
     sig2 = tl.zeros([LP], dtype=tl.float32)
@@ -376,25 +414,27 @@ def _eadaprune_kernel(
         b_z = tl.load(w_img + (d0 + o_t)[:, None] * LP + o_l[None, :], mask=(d0 + o_t)[:, None] < D, other=0.0)
         b_zv = tl.dot(b_z, V, input_precision=SPREC)  # [BT, LP]
         sig2 += tl.sum(b_zv * b_zv, 0)
-    sig2 = tl.where((o_l < L) & (flat == 0), sig2, 0.0)
+    sig2 = tl.where((o_l < l_img) & (flat == 0), sig2, 0.0)
 
     # ---- F: order, cumulative energy, budget ---------------------------------------------------
-    key = tl.where(o_l < L, sig2, -1.0)
+    # Columns past l_img rank last (key -1, ties by index): ranks [l_img, L) hold sigma = 0.
+    key = tl.where(o_l < l_img, sig2, -1.0)
     o_r = o_l[:, None]
     o_c = o_l[None, :]
     beats = (key[None, :] > key[:, None]) | ((key[None, :] == key[:, None]) & (o_c < o_r))  # [i, j]
     rank = tl.sum(beats.to(tl.int32), 1)  # position of column i in descending order
-    cum = tl.sum(tl.where((rank[None, :] <= rank[:, None]) & (o_c < L), sig2[None, :], 0.0), 1)
-    reached = (cum >= THRESH * energy) & (o_l < L)
+    cum = tl.sum(tl.where((rank[None, :] <= rank[:, None]) & (o_c < l_img), sig2[None, :], 0.0), 1)
+    reached = (cum >= THRESH * energy) & (o_l < l_img)
     n_reached = tl.sum(reached.to(tl.int32), 0)
     first = tl.min(tl.where(reached, rank + 1, LP + 1), 0)
     saturated = (n_reached == 0) & (flat == 0)
-    k_star = tl.where(saturated, M, first)
-    k_star = tl.where(flat, MIN_TOKENS, k_star)
-    budget = tl.minimum(tl.maximum(k_star, MIN_TOKENS), M)
-    budget = tl.where(bad, M, budget)
+    k_star = tl.where(saturated, m_img, first)
+    k_star = tl.where(flat, min_img, k_star)
+    budget = tl.minimum(tl.maximum(k_star, min_img), m_img)
+    budget = tl.where(bad, m_img, budget)
     if HAS_BUDGETS:  # shares of a fixed batch total; k* (the leverage rank) stays the image's own
-        budget = tl.load(BIN + i_b)
+        # clamped so that no share can make the gather write past the image's M slots
+        budget = tl.minimum(tl.maximum(tl.load(BIN + i_b), 0), m_img)
 
     sigma = tl.sqrt(sig2)
     if IS_F64:
@@ -404,7 +444,7 @@ def _eadaprune_kernel(
         sigma = sigma * scale
         e_out = energy * scale * scale
     e_out = tl.where(flat, 0.0, e_out)
-    sigma = tl.where(bad, float("nan"), sigma)
+    sigma = tl.where(bad & (rank < l_img), float("nan"), sigma)
     e_out = tl.where(bad, float("nan"), e_out)
     tl.store(SIG + i_b * L + rank, sigma, mask=o_l < L)
     tl.store(ENERGY + i_b, e_out)
@@ -413,23 +453,22 @@ def _eadaprune_kernel(
 
     # ---- G: selection, gather, padding ---------------------------------------------------------
     if SELECT:
-        lev_img = LEVWS + i_b * N
         if not HAS_SCORES:
-            r = tl.minimum(k_star, L)
+            r = tl.minimum(k_star, l_img)
             V_sel = tl.where((rank < r)[None, :], V, 0.0)
-            for n0 in range(0, N, BT):
+            for n0 in range(0, n_img, BT):
                 b_q = tl.load(q_img + (n0 + o_t)[:, None] * LP + o_l[None, :],
-                              mask=(n0 + o_t)[:, None] < N, other=0.0)
+                              mask=(n0 + o_t)[:, None] < n_img, other=0.0)
                 b_u = tl.dot(b_q, V_sel, input_precision=SPREC)
-                tl.store(lev_img + n0 + o_t, tl.sum(b_u * b_u, 1), mask=(n0 + o_t) < N)
+                tl.store(lev_img + n0 + o_t, tl.sum(b_u * b_u, 1), mask=(n0 + o_t) < n_img)
             tl.debug_barrier()
         out_tok = OTOK + i_b * sotb
         kept_before = 0
-        for i0 in range(0, N, BS):
+        for i0 in range(0, n_img, BS):
             o_i = i0 + o_s
-            m_i = o_i < N
+            m_i = o_i < n_img
             if HAS_SCORES:
-                s_i = tl.load(SC + i_b * scb + o_i * scn, mask=m_i, other=0.0)
+                s_i = tl.load(sc_img + o_i * scn, mask=m_i, other=0.0)
                 if not SC_F64:
                     s_i = s_i.to(tl.float32)
             else:
@@ -438,11 +477,11 @@ def _eadaprune_kernel(
             s_i = tl.where(bad, 0.0, s_i)
             s_i = tl.where(s_i == s_i, s_i, float("-inf"))
             rank_i = tl.zeros([BS], dtype=tl.int32)
-            for j0 in range(0, N, BS):
+            for j0 in range(0, n_img, BS):
                 o_j = j0 + o_s
-                m_j = o_j < N
+                m_j = o_j < n_img
                 if HAS_SCORES:
-                    s_j = tl.load(SC + i_b * scb + o_j * scn, mask=m_j, other=0.0)
+                    s_j = tl.load(sc_img + o_j * scn, mask=m_j, other=0.0)
                     if not SC_F64:
                         s_j = s_j.to(tl.float32)
                 else:
@@ -505,20 +544,33 @@ def _check_device(tokens: torch.Tensor) -> None:
 
 
 def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConfig, select: bool,
-            budgets_in: torch.Tensor | None = None):
+            budgets_in: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None):
+    """One launch for dense tokens [B, N, D], or packed tokens [T, D] with cu_seqlens [B + 1]
+    (ragged: scratch rows are sized by T, an upper bound read from the shape, never from the data)."""
     _check_device(tokens)
-    batch, n, d = tokens.shape
     dev = tokens.device
+    if cu_seqlens is None:
+        batch, n, d = tokens.shape
+        rows = (batch, n)  # Q and leverage scratch rows: per image
+        x_strides = tokens.stride()
+    else:
+        n, d = tokens.shape  # N = T: the clamp bound of every image's rows
+        batch = cu_seqlens.shape[0] - 1
+        rows = (n,)  # Q and leverage scratch rows: the packed rows of every image
+        x_strides = (0, *tokens.stride())
     l, m = cfg.sketch_size, cfg.max_tokens
     lp = max(16, _next_pow2(l))
     bt = max(16, min(64, 4096 // lp))
     num_warps = 4 if lp <= 32 else (8 if lp <= 64 else 16)
     sixteen_bit = tokens.dtype in (torch.float16, torch.bfloat16)
 
-    q_ws = torch.empty(batch, n, lp, device=dev, dtype=torch.float32)
+    q_ws = torch.empty(*rows, lp, device=dev, dtype=torch.float32)
     w_ws = torch.empty(batch, d, lp, device=dev, dtype=torch.float32)
     mu_ws = torch.empty(batch, d, device=dev, dtype=torch.float32)
-    lev_ws = torch.empty(batch, n if (select and scores is None) else 1, device=dev, dtype=torch.float32)
+    if select and scores is None:
+        lev_ws = torch.empty(*rows, device=dev, dtype=torch.float32)
+    else:
+        lev_ws = torch.empty(1, device=dev, dtype=torch.float32)
     sigma = torch.empty(batch, l, device=dev, dtype=torch.float32)
     energy = torch.empty(batch, device=dev, dtype=torch.float32)
     budgets = torch.empty(batch, device=dev, dtype=torch.int32)
@@ -537,7 +589,7 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     else:
         om, som = w_ws, (lp, 1)
     if scores is not None:
-        sc, ssc = scores, scores.stride()
+        sc, ssc = scores, (scores.stride() if cu_seqlens is None else (0, *scores.stride()))
     else:
         sc, ssc = None, (0, 0)
 
@@ -545,7 +597,8 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     # interpreted launches are serialised (compiled GPU launches are not affected).
     with _INTERPRETER_LOCK if _interpreting() else contextlib.nullcontext():
         _eadaprune_kernel[(batch,)](
-            tokens, *tokens.stride(),
+            tokens, *x_strides,
+            cu_seqlens,
             sc, *ssc,
             om, *som,
             q_ws, w_ws, mu_ws, lev_ws,
@@ -577,5 +630,23 @@ def adaptive_prune(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: Pipel
     """
     sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask = _launch(
         tokens, scores, cfg, True, budgets)
+    return PruneResult(tokens=out_tokens, indices=out_indices, lengths=budgets, mask=out_mask,
+                       singular_values=sigma, total_energy=energy, saturated=saturated, backend=NAME)
+
+
+def spectral_budget_ragged(tokens: torch.Tensor, cu_seqlens: torch.Tensor, cfg: PipelineConfig) -> BudgetResult:
+    """Budgets of packed tokens [T, D] (image b = rows cu_seqlens[b]:cu_seqlens[b + 1]) in one launch,
+    one program per image, no host synchronisation; see reference.spectral_budget_ragged."""
+    sigma, energy, budgets, saturated, *_ = _launch(tokens, None, cfg, select=False, cu_seqlens=cu_seqlens)
+    return BudgetResult(budgets=budgets, singular_values=sigma, total_energy=energy,
+                        saturated=saturated, backend=NAME)
+
+
+def adaptive_prune_ragged(tokens: torch.Tensor, cu_seqlens: torch.Tensor, scores: torch.Tensor | None,
+                          cfg: PipelineConfig, budgets: torch.Tensor | None = None) -> PruneResult:
+    """Budgets, selection and padded gather of packed tokens [T, D] (scores [T]) in one launch; indices
+    are relative to each image's start. See reference.adaptive_prune_ragged."""
+    sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask = _launch(
+        tokens, scores, cfg, True, budgets, cu_seqlens=cu_seqlens)
     return PruneResult(tokens=out_tokens, indices=out_indices, lengths=budgets, mask=out_mask,
                        singular_values=sigma, total_energy=energy, saturated=saturated, backend=NAME)

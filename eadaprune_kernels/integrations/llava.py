@@ -83,10 +83,18 @@ SUPPORTED_MODELS = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGen
 MIN_TRANSFORMERS = "5.18"
 
 # The keyword arguments of adaptive_prune the adapter forwards, with their defaults.
+# Keywords of adaptive_prune that the adapter cannot honour: it builds the per-image token matrices
+# itself (no cu_seqlens), and it prunes images grouped by token count, so a batch-wide total_budget
+# would not be the one the caller asked for.
+_UNSUPPORTED_PRUNE_KWARGS = {
+    "cu_seqlens": "the adapter passes each image's features itself",
+    "total_budget": "the adapter prunes images grouped by their token count, so one batch total cannot be kept",
+}
+
 _PRUNE_DEFAULTS = {
     name: p.default
     for name, p in inspect.signature(adaptive_prune).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _UNSUPPORTED_PRUNE_KWARGS
 }
 
 # Sequence-aligned [B, L] inputs besides input_ids / position_ids, and the value their new padding gets.
@@ -445,6 +453,8 @@ def _check_prune_kwargs(model, prune_kwargs: dict) -> dict:
                 f"{name}: the adapter passes the projected image features itself; per-token scores are "
                 f"not supported by enable_token_pruning"
             )
+        if name in _UNSUPPORTED_PRUNE_KWARGS:
+            raise ValueError(f"{name}: not supported by enable_token_pruning ({_UNSUPPORTED_PRUNE_KWARGS[name]})")
         if name not in _PRUNE_DEFAULTS:
             raise ValueError(
                 f"{name}: not an argument of adaptive_prune; expected some of {', '.join(_PRUNE_DEFAULTS)}"
