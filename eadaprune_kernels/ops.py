@@ -43,6 +43,31 @@ def _empty_budget_fields(tokens: Tensor, l: int):
     )
 
 
+def _fake_budget_fields(tokens: Tensor, b: int, l: int):
+    """Fake (meta) budget fields: budgets [B] int32, singular values [B, l], energy [B], saturated [B]."""
+    return (
+        tokens.new_empty((b,), dtype=torch.int32),
+        tokens.new_empty((b, l), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.float32),
+        tokens.new_empty((b,), dtype=torch.bool),
+    )
+
+
+def _fake_prune_fields(tokens: Tensor, b: int, m: int, d: int, l: int):
+    """Fake (meta) prune fields: tokens [B, M, D], indices [B, M], lengths [B], mask [B, M], then the
+    budget fields."""
+    budgets, sigma, energy, saturated = _fake_budget_fields(tokens, b, l)
+    return (
+        tokens.new_empty((b, m, d)),
+        tokens.new_empty((b, m), dtype=torch.int64),
+        budgets,
+        tokens.new_empty((b, m), dtype=torch.bool),
+        sigma,
+        energy,
+        saturated,
+    )
+
+
 @torch.library.custom_op("eadaprune_kernels::adaptive_prune", mutates_args=())
 def prune_op(
     tokens: Tensor, scores: Optional[Tensor], sketch_matrix: Optional[Tensor], energy: float, center: bool,
@@ -70,16 +95,7 @@ def prune_op(
 def _(tokens, scores, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed,
       backend, validate, budgets=None):
     b, _, d = tokens.shape
-    m = max_tokens
-    return (
-        tokens.new_empty((b, m, d)),
-        tokens.new_empty((b, m), dtype=torch.int64),
-        tokens.new_empty((b,), dtype=torch.int32),
-        tokens.new_empty((b, m), dtype=torch.bool),
-        tokens.new_empty((b, sketch_size), dtype=torch.float32),
-        tokens.new_empty((b,), dtype=torch.float32),
-        tokens.new_empty((b,), dtype=torch.bool),
-    )
+    return _fake_prune_fields(tokens, b, max_tokens, d, sketch_size)
 
 
 @torch.library.custom_op("eadaprune_kernels::spectral_budget", mutates_args=())
@@ -100,13 +116,7 @@ def budget_op(
 @budget_op.register_fake
 def _(tokens, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, backend,
       validate):
-    b = tokens.shape[0]
-    return (
-        tokens.new_empty((b,), dtype=torch.int32),
-        tokens.new_empty((b, sketch_size), dtype=torch.float32),
-        tokens.new_empty((b,), dtype=torch.float32),
-        tokens.new_empty((b,), dtype=torch.bool),
-    )
+    return _fake_budget_fields(tokens, tokens.shape[0], sketch_size)
 
 
 def _check_ragged_data(tokens, cu_seqlens, scores, sketch_matrix, validate, total_budget, min_tokens, max_tokens):
@@ -135,16 +145,7 @@ def ragged_prune_op(
 @ragged_prune_op.register_fake
 def _(tokens, cu_seqlens, scores, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
       seed, backend, validate, budgets=None):
-    b, d, m = cu_seqlens.shape[0] - 1, tokens.shape[1], max_tokens
-    return (
-        tokens.new_empty((b, m, d)),
-        tokens.new_empty((b, m), dtype=torch.int64),
-        tokens.new_empty((b,), dtype=torch.int32),
-        tokens.new_empty((b, m), dtype=torch.bool),
-        tokens.new_empty((b, sketch_size), dtype=torch.float32),
-        tokens.new_empty((b,), dtype=torch.float32),
-        tokens.new_empty((b,), dtype=torch.bool),
-    )
+    return _fake_prune_fields(tokens, cu_seqlens.shape[0] - 1, max_tokens, tokens.shape[1], sketch_size)
 
 
 @torch.library.custom_op("eadaprune_kernels::spectral_budget_ragged", mutates_args=())
@@ -166,10 +167,4 @@ def ragged_budget_op(
 @ragged_budget_op.register_fake
 def _(tokens, cu_seqlens, sketch_matrix, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed,
       backend, validate, total_budget=None):
-    b = cu_seqlens.shape[0] - 1
-    return (
-        tokens.new_empty((b,), dtype=torch.int32),
-        tokens.new_empty((b, sketch_size), dtype=torch.float32),
-        tokens.new_empty((b,), dtype=torch.float32),
-        tokens.new_empty((b,), dtype=torch.bool),
-    )
+    return _fake_budget_fields(tokens, cu_seqlens.shape[0] - 1, sketch_size)
