@@ -119,6 +119,56 @@ py::tuple spectral_budget(py::handle tokens, py::handle energy, py::handle cente
   return py::cast(out);
 }
 
+constexpr const char* kPackedTokens = "packed tokens as a torch.Tensor [T, D] with cu_seqlens";
+constexpr const char* kCuSeqlens = "a torch.Tensor [B + 1] of int32 or int64";
+constexpr const char* kPackedScores = "a torch.Tensor [T] (packed like tokens) or None";
+constexpr const char* kRaggedSketch = "a torch.Tensor [D, min(sketch_size, D)] or None";
+
+py::tuple adaptive_prune_ragged(py::handle tokens, py::handle cu_seqlens, py::handle scores, py::handle energy,
+                                py::handle center, py::handle sketch_size, py::handle power_iters,
+                                py::handle min_tokens, py::handle max_tokens, py::handle seed,
+                                py::handle sketch_matrix, py::handle budgets) {
+  const at::Tensor t = tensor_arg("tokens", tokens, kPackedTokens);
+  const at::Tensor cu = tensor_arg("cu_seqlens", cu_seqlens, kCuSeqlens);
+  const auto s = optional_tensor_arg("scores", scores, kPackedScores);
+  const double e = energy_arg(energy);
+  const bool c = bool_arg("center", center);
+  const int64_t k = int_arg("sketch_size", sketch_size);
+  const int64_t q = int_arg("power_iters", power_iters);
+  const int64_t lo = int_arg("min_tokens", min_tokens);
+  const auto hi = optional_int_arg("max_tokens", max_tokens);
+  const int64_t sd = int_arg("seed", seed, kSeedRange);
+  const auto om = optional_tensor_arg("sketch_matrix", sketch_matrix, kRaggedSketch);
+  const auto bu = optional_tensor_arg("budgets", budgets, kBudgets);
+  impl::PruneOutputs out;
+  {
+    py::gil_scoped_release no_gil;
+    out = impl::adaptive_prune_ragged(t, cu, s, e, c, k, q, lo, hi, sd, om, bu);
+  }
+  return py::cast(out);
+}
+
+py::tuple spectral_budget_ragged(py::handle tokens, py::handle cu_seqlens, py::handle energy, py::handle center,
+                                 py::handle sketch_size, py::handle power_iters, py::handle min_tokens,
+                                 py::handle max_tokens, py::handle seed, py::handle sketch_matrix) {
+  const at::Tensor t = tensor_arg("tokens", tokens, kPackedTokens);
+  const at::Tensor cu = tensor_arg("cu_seqlens", cu_seqlens, kCuSeqlens);
+  const double e = energy_arg(energy);
+  const bool c = bool_arg("center", center);
+  const int64_t k = int_arg("sketch_size", sketch_size);
+  const int64_t q = int_arg("power_iters", power_iters);
+  const int64_t lo = int_arg("min_tokens", min_tokens);
+  const auto hi = optional_int_arg("max_tokens", max_tokens);
+  const int64_t sd = int_arg("seed", seed, kSeedRange);
+  const auto om = optional_tensor_arg("sketch_matrix", sketch_matrix, kRaggedSketch);
+  impl::BudgetOutputs out;
+  {
+    py::gil_scoped_release no_gil;
+    out = impl::spectral_budget_ragged(t, cu, e, c, k, q, lo, hi, sd, om);
+  }
+  return py::cast(out);
+}
+
 at::Tensor gaussian_sketch(py::handle num_features, py::handle sketch_size, py::handle seed) {
   const int64_t d = int_arg("num_features", num_features);
   const int64_t l = int_arg("sketch_size", sketch_size);
@@ -141,6 +191,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("sketch_size"), py::arg("power_iters"), py::arg("min_tokens"), py::arg("max_tokens"),
         py::arg("seed"), py::arg("sketch_matrix"),
         "spectral_budget(tokens [B, N, D], ...) -> (budgets, singular_values, total_energy, saturated)");
+  m.def("adaptive_prune_ragged", &adaptive_prune_ragged, py::arg("tokens"), py::arg("cu_seqlens"), py::arg("scores"),
+        py::arg("energy"), py::arg("center"), py::arg("sketch_size"), py::arg("power_iters"), py::arg("min_tokens"),
+        py::arg("max_tokens"), py::arg("seed"), py::arg("sketch_matrix"), py::arg("budgets") = py::none(),
+        "adaptive_prune_ragged(tokens [T, D], cu_seqlens [B + 1], scores [T] or None, ..., budgets [B] or None) -> "
+        "(tokens [B, M, D], indices [B, M] (relative to each image), lengths, mask, singular_values [B, L], "
+        "total_energy, saturated)");
+  m.def("spectral_budget_ragged", &spectral_budget_ragged, py::arg("tokens"), py::arg("cu_seqlens"),
+        py::arg("energy"), py::arg("center"), py::arg("sketch_size"), py::arg("power_iters"), py::arg("min_tokens"),
+        py::arg("max_tokens"), py::arg("seed"), py::arg("sketch_matrix"),
+        "spectral_budget_ragged(tokens [T, D], cu_seqlens [B + 1], ...) -> (budgets, singular_values [B, L], "
+        "total_energy, saturated)");
   m.def("gaussian_sketch", &gaussian_sketch, py::arg("num_features"), py::arg("sketch_size"), py::arg("seed"),
         "Omega [D, l] float32 (on the current device for the CUDA module): element (i, j) = tl.randn(seed, j*D + i)");
 }

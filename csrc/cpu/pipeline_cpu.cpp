@@ -19,6 +19,12 @@
 //     Cholesky + one-sided Jacobi (small_linalg.h); sigma = sqrt(lambda).
 //  5. threshold, leverage scores from U = Q W_B (only when no scores are given), top-budget selection
 //     (ties to the lower index) and gather into the padded outputs (parallel over images).
+//
+// Ragged input (packed tokens [T, D], cu_seqlens [B + 1]; csrc/common/ragged.h): cu_seqlens is read
+// and checked on the host, and each run of consecutive equal-size images goes through the pipeline
+// above as a [k, N, D] view of its rows (its own l_i, max_i, min_i, the first l_i sketch columns), so
+// no padding enters any spectrum. Runs bigger than a fair share of the work use the threads inside;
+// the others are spread over the threads, largest first (run_segments).
 #include "pipeline_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -26,7 +32,9 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <functional>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -34,6 +42,7 @@
 
 #include "../common/checks.h"
 #include "../common/philox.h"
+#include "../common/ragged.h"
 #include "small_linalg.h"
 
 namespace eadaprune {
@@ -300,6 +309,54 @@ struct RanksBefore {
   }
 };
 
+// Runs every segment of a ragged call once. A run whose work exceeds a fair share of the total
+// (total / threads) cannot be balanced by image-level parallelism: it runs alone, using the threads
+// inside (batched BLAS, parallel loops over its images). The others are handed out largest first
+// (LPT) to a pool of threads, each running its runs single-threaded (ATen's nested parallel regions
+// run inline); this keeps many small images from each paying for their own thread fan-out.
+void run_segments(const std::vector<ragged::Segment>& segments, int64_t d, int64_t sketch_size,
+                  const std::function<void(const ragged::Segment&)>& run) {
+  const int64_t threads = at::get_num_threads();
+  if (segments.size() <= 1 || threads <= 1 || at::in_parallel_region()) {
+    for (const auto& s : segments) run(s);
+    return;
+  }
+  std::vector<double> work(segments.size());
+  double total = 0.0;
+  for (size_t i = 0; i < segments.size(); ++i) total += work[i] = ragged::segment_work(segments[i], d, sketch_size);
+  std::vector<size_t> pool;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    if (work[i] * static_cast<double>(threads) > total) {
+      run(segments[i]);
+    } else {
+      pool.push_back(i);
+    }
+  }
+  if (pool.empty()) return;
+  std::stable_sort(pool.begin(), pool.end(), [&](size_t a, size_t b) { return work[a] > work[b]; });
+  std::atomic<size_t> next{0};
+  const int64_t workers = std::min<int64_t>(threads, static_cast<int64_t>(pool.size()));
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w)
+      for (size_t i = next++; i < pool.size(); i = next++) run(segments[pool[i]]);
+  });
+}
+
+// The shared inputs of a ragged call; tokens, cu_seqlens and the configuration already checked.
+ragged::Inputs ragged_inputs(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores,
+                             const Config& cfg, const c10::optional<at::Tensor>& sketch_matrix,
+                             const c10::optional<at::Tensor>& budgets) {
+  ragged::Inputs in;
+  in.tokens = tokens.contiguous();
+  if (scores.has_value()) in.scores = scores->contiguous();
+  // One [D, L] sketch for the whole call: image i takes its first l_i columns, which are the sketch
+  // of [D, l_i] (element (i, j) depends on j * D + i only), so nothing is generated per image.
+  in.omega = sketch_matrix.has_value() ? *sketch_matrix : make_sketch(tokens.size(1), cfg.sketch_size, cfg.seed);
+  in.budgets = budgets;
+  in.cfg = cfg;
+  return in;
+}
+
 }  // namespace
 
 at::Tensor gaussian_sketch(int64_t num_features, int64_t sketch_size, int64_t seed) {
@@ -375,6 +432,50 @@ PruneOutputs adaptive_prune(const at::Tensor& tokens, const c10::optional<at::Te
     }
   });
   return {kept, indices, to_tensor_int32(bud.budget), mask, bud.sigma, bud.energy, to_tensor_bool(bud.saturated)};
+}
+
+PruneOutputs adaptive_prune_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens,
+                                   const c10::optional<at::Tensor>& scores, double energy, bool center,
+                                   int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
+                                   c10::optional<int64_t> max_tokens, int64_t seed,
+                                   const c10::optional<at::Tensor>& sketch_matrix,
+                                   const c10::optional<at::Tensor>& budgets) {
+  check_ragged(tokens, cu_seqlens, c10::DeviceType::CPU);
+  check_ragged_scores(scores, tokens);
+  const Config cfg = make_ragged_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
+                                        seed, sketch_matrix);
+  const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));
+  check_ragged_budgets(budgets, tokens, bounds, cfg);
+  c10::NoGradGuard no_grad;
+  const ragged::Inputs in = ragged_inputs(tokens, scores, cfg, sketch_matrix, budgets);
+  const ragged::PruneOutputs out =
+      ragged::make_prune_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
+  const auto segments = ragged::equal_size_runs(bounds);
+  run_segments(segments, tokens.size(1), cfg.sketch_size, [&](const ragged::Segment& s) {
+    c10::NoGradGuard no_grad_in_worker;  // grad mode is thread-local
+    ragged::prune_segment(in, s, adaptive_prune, out);
+  });
+  return out;
+}
+
+BudgetOutputs spectral_budget_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens, double energy,
+                                     bool center, int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
+                                     c10::optional<int64_t> max_tokens, int64_t seed,
+                                     const c10::optional<at::Tensor>& sketch_matrix) {
+  check_ragged(tokens, cu_seqlens, c10::DeviceType::CPU);
+  const Config cfg = make_ragged_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
+                                        seed, sketch_matrix);
+  const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));
+  c10::NoGradGuard no_grad;
+  const ragged::Inputs in = ragged_inputs(tokens, c10::nullopt, cfg, sketch_matrix, c10::nullopt);
+  const ragged::BudgetOutputs out =
+      ragged::make_budget_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
+  const auto segments = ragged::equal_size_runs(bounds);
+  run_segments(segments, tokens.size(1), cfg.sketch_size, [&](const ragged::Segment& s) {
+    c10::NoGradGuard no_grad_in_worker;
+    ragged::budget_segment(in, s, spectral_budget, out);
+  });
+  return out;
 }
 
 }  // namespace cpu

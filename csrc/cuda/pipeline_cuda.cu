@@ -27,6 +27,7 @@
 
 #include "../common/checks.h"
 #include "../common/philox.h"
+#include "../common/ragged.h"
 
 namespace eadaprune {
 namespace cuda {
@@ -623,6 +624,72 @@ PruneOutputs adaptive_prune(const at::Tensor& tokens, const c10::optional<at::Te
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {kept, indices, bud.budgets, mask, bud.sigma, bud.energy, bud.saturated};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ragged input (csrc/common/ragged.h): one host synchronisation, the copy of cu_seqlens to the host
+// (its values are then checked, which also keeps garbage bounds from ever reaching a kernel). After
+// it, each run of consecutive equal-size images is a [k, N, D] view of the packed rows that goes
+// through the dense pipeline above on the current stream, and its fields are copied (device to
+// device, asynchronously) into the batch-wide outputs. budgets' values are not read (as the dense
+// path: reading them would be a second synchronisation). A synchronisation-free ragged path on a GPU
+// is the Triton backend's single launch; this is the fallback, with launches per run of images.
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+ragged::Inputs ragged_inputs(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores,
+                             const Config& cfg, const c10::optional<at::Tensor>& sketch_matrix,
+                             const c10::optional<at::Tensor>& budgets) {
+  ragged::Inputs in;
+  in.tokens = tokens.contiguous();
+  if (scores.has_value()) in.scores = scores->contiguous();
+  // One [D, L] sketch: image i takes its first l_i columns, the [D, l_i] sketch (element (i, j) depends
+  // on j * D + i only).
+  in.omega = sketch_matrix.has_value() ? *sketch_matrix
+                                       : make_sketch(tokens.size(1), cfg.sketch_size, cfg.seed, tokens.options());
+  in.budgets = budgets;
+  in.cfg = cfg;
+  return in;
+}
+
+}  // namespace
+
+PruneOutputs adaptive_prune_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens,
+                                   const c10::optional<at::Tensor>& scores, double energy, bool center,
+                                   int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
+                                   c10::optional<int64_t> max_tokens, int64_t seed,
+                                   const c10::optional<at::Tensor>& sketch_matrix,
+                                   const c10::optional<at::Tensor>& budgets) {
+  check_ragged(tokens, cu_seqlens, c10::DeviceType::CUDA);
+  check_ragged_scores(scores, tokens);
+  const Config cfg = make_ragged_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
+                                        seed, sketch_matrix);
+  const c10::cuda::CUDAGuard device_guard(tokens.device());
+  const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));  // the one sync
+  check_ragged_budgets(budgets, tokens, bounds, cfg);  // metadata only for a CUDA tensor
+  c10::NoGradGuard no_grad;
+  const ragged::Inputs in = ragged_inputs(tokens, scores, cfg, sketch_matrix, budgets);
+  const ragged::PruneOutputs out =
+      ragged::make_prune_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
+  for (const auto& s : ragged::equal_size_runs(bounds)) ragged::prune_segment(in, s, adaptive_prune, out);
+  return out;
+}
+
+BudgetOutputs spectral_budget_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens, double energy,
+                                     bool center, int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
+                                     c10::optional<int64_t> max_tokens, int64_t seed,
+                                     const c10::optional<at::Tensor>& sketch_matrix) {
+  check_ragged(tokens, cu_seqlens, c10::DeviceType::CUDA);
+  const Config cfg = make_ragged_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
+                                        seed, sketch_matrix);
+  const c10::cuda::CUDAGuard device_guard(tokens.device());
+  const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));  // the one sync
+  c10::NoGradGuard no_grad;
+  const ragged::Inputs in = ragged_inputs(tokens, c10::nullopt, cfg, sketch_matrix, c10::nullopt);
+  const ragged::BudgetOutputs out =
+      ragged::make_budget_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
+  for (const auto& s : ragged::equal_size_runs(bounds)) ragged::budget_segment(in, s, spectral_budget, out);
+  return out;
 }
 
 }  // namespace cuda

@@ -24,6 +24,27 @@ BudgetOutputs spectral_budget(const at::Tensor& tokens, double energy, bool cent
                               int64_t power_iters, int64_t min_tokens, c10::optional<int64_t> max_tokens,
                               int64_t seed, const c10::optional<at::Tensor>& sketch_matrix);
 
+// Ragged input: packed tokens [T, D] with cu_seqlens [B + 1] (int32/int64, image b = rows
+// cu_seqlens[b]:cu_seqlens[b + 1]), scores [T] or none, budgets [B] or none. Same semantics and field
+// shapes as reference.adaptive_prune_ragged / spectral_budget_ragged: sketch_size resolves to
+// L = min(sketch_size, D), max_tokens to M (default L); image i uses l_i = min(L, N_i),
+// max_i = min(M, N_i), min_i = min(min_tokens, max_i) and the first l_i columns of sketch_matrix [D, L].
+// Outputs: tokens [B, M, D], indices [B, M] relative to each image's start (-1 past the budget),
+// singular_values [B, L] (0 past l_i).
+// cu_seqlens is copied to the host once: the one host synchronisation of a ragged call (the dense
+// calls enqueue everything on the current stream); its values are then checked.
+PruneOutputs adaptive_prune_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens,
+                                   const c10::optional<at::Tensor>& scores, double energy, bool center,
+                                   int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
+                                   c10::optional<int64_t> max_tokens, int64_t seed,
+                                   const c10::optional<at::Tensor>& sketch_matrix,
+                                   const c10::optional<at::Tensor>& budgets);
+
+BudgetOutputs spectral_budget_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens, double energy,
+                                     bool center, int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
+                                     c10::optional<int64_t> max_tokens, int64_t seed,
+                                     const c10::optional<at::Tensor>& sketch_matrix);
+
 // Omega [D, l] float32 on the current CUDA device.
 at::Tensor gaussian_sketch(int64_t num_features, int64_t sketch_size, int64_t seed);
 

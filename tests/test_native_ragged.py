@@ -1,0 +1,426 @@
+"""Ragged batches (packed tokens [T, D] with cu_seqlens [B + 1]) in the native backends (issue 8).
+
+The C++ CPU backend (and the CUDA one where a GPU is present) against the ragged reference (the
+tolerances of test_cross_backend.py) and against running each image alone with the same seed; the
+argument checks of the extension's ragged functions called directly; and outputs that leave no
+element unwritten.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import eadaprune_kernels as ek
+from eadaprune_kernels import allocate_budgets, reference
+from eadaprune_kernels.backends import available_backends
+
+from conftest import INT_POISON
+from helpers import assert_close_verbose, knife_edge, matrix_with_spectrum, spectrum
+
+cpu_backend = pytest.importorskip("eadaprune_kernels.cpu_backend", reason="native CPU extension not built")
+_C = cpu_backend._C
+
+FIELDS = ("tokens", "indices", "lengths", "mask", "singular_values", "total_energy", "saturated")
+
+
+def _native_params():
+    params = [pytest.param("cpu", "cpu", id="cpu")]
+    reason = None
+    if not torch.cuda.is_available():
+        reason = "no CUDA device"
+    else:
+        try:
+            import eadaprune_kernels.cuda_backend  # noqa: F401
+        except ImportError as exc:
+            reason = str(exc)
+    params.append(pytest.param("cuda", "cuda", id="cuda", marks=[pytest.mark.skip(reason=reason)] if reason else []))
+    return params
+
+
+NATIVE = _native_params()
+
+
+def _images(sizes, d, seed, dtype=torch.float32, offset=3.0, device="cpu"):
+    """Images [N_i, D] with a decaying spectrum and a dominant mean (no ties in leverage)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, n in enumerate(sizes):
+        r = min(n - 1, d)
+        if r >= 2:
+            family = ("exponential", "power1", "step", "lowrank_noise")[i % 4]
+            x = matrix_with_spectrum(spectrum(family, r, g), n, d, g, mean_scale=offset)
+        else:
+            x = torch.randn(n, d, generator=g, dtype=torch.float64) + offset
+        out.append(x.to(dtype).to(device))
+    return out
+
+
+def _cu(sizes, dtype=torch.int64, device="cpu"):
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    return torch.tensor(bounds, dtype=dtype, device=device)
+
+
+def _alone_kwargs(n, d, kwargs):
+    sketch = kwargs.get("sketch_size", 128)
+    l = min(sketch, n, d)
+    top = min(kwargs.get("max_tokens") or min(sketch, d), n)
+    alone = dict(kwargs, max_tokens=top, min_tokens=min(kwargs.get("min_tokens", 1), top))
+    if kwargs.get("sketch_matrix") is not None:
+        alone["sketch_matrix"] = kwargs["sketch_matrix"][:, :l]
+    return alone, l, top
+
+
+def _assert_equals_alone(result, images, scores, kwargs, backend):
+    """Image b of a ragged result is image b run alone (same seed): selection exactly, numbers to rounding
+    (an image may run on one thread inside the batch and on several alone, so BLAS may round differently)."""
+    d = images[0].shape[1]
+    sketch = kwargs.get("sketch_size", 128)
+    m = kwargs.get("max_tokens") or min(sketch, d)
+    L = min(sketch, d)
+    b = len(images)
+    assert result.tokens.shape == (b, m, d) and result.indices.shape == (b, m) and result.mask.shape == (b, m)
+    assert result.singular_values.shape == (b, L) and result.lengths.shape == (b,)
+    assert result.tokens.dtype == images[0].dtype and result.lengths.dtype == torch.int32
+    for i, x in enumerate(images):
+        alone_kw, l, top = _alone_kwargs(x.shape[0], d, kwargs)
+        one = ek.adaptive_prune(x, None if scores is None else scores[i], backend=backend, **alone_kw)
+        where = f"image {i} (N_i={x.shape[0]})"
+        assert int(result.lengths[i]) == int(one.lengths), f"{where}: {int(result.lengths[i])} vs {int(one.lengths)}"
+        assert torch.equal(result.indices[i, :top], one.indices), where
+        assert bool((result.indices[i, top:] == -1).all()), where
+        assert torch.equal(result.mask[i, :top], one.mask) and not bool(result.mask[i, top:].any()), where
+        assert torch.equal(result.tokens[i, :top], one.tokens), where
+        assert bool((result.tokens[i, top:] == 0).all()), where
+        assert bool(result.saturated[i]) == bool(one.saturated), where
+        scale = one.singular_values.abs().max().clamp_min(1e-30)
+        assert_close_verbose(result.singular_values[i, :l] / scale, one.singular_values / scale, atol=1e-6, rtol=0,
+                             what=f"{where}: sigma / sigma_1")
+        assert_close_verbose(result.total_energy[i], one.total_energy, atol=0, rtol=1e-6, what=f"{where}: energy")
+        assert bool((result.singular_values[i, l:] == 0).all()), f"{where}: sigma past l_i = {l} must be 0"
+
+
+def _assert_matches_reference(got, ref, energy, rtol=1e-4):
+    """test_cross_backend's tolerances: sigma / sigma_1, energy, budgets and selection off a knife edge."""
+    got = type(got)(**{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(got).items()})
+    scale = ref.singular_values.abs().amax(1, keepdim=True).clamp_min(1e-30)
+    assert_close_verbose(got.singular_values / scale, ref.singular_values / scale, atol=rtol, rtol=0,
+                         what="singular values / sigma_max")
+    assert_close_verbose(got.total_energy, ref.total_energy, atol=0, rtol=rtol, what="total energy")
+    edge = knife_edge(ref.singular_values, ref.total_energy, energy, 1e-4)
+    lengths = getattr(got, "lengths", None)
+    if lengths is None:
+        lengths, ref_lengths = got.budgets, ref.budgets
+    else:
+        ref_lengths = ref.lengths
+    assert bool(((lengths == ref_lengths) | edge).all()), f"budgets differ off a knife edge: {lengths} vs {ref_lengths}"
+    assert torch.equal(got.saturated[~edge], ref.saturated[~edge])
+    return ~edge
+
+
+SIZES = [1, 9, 40, 40, 40, 23, 2, 8, 300, 1, 7]  # N_i = 1, < L, = L, > L, runs of equal N
+
+
+@pytest.mark.parametrize("with_scores", [False, True], ids=["leverage", "scores"])
+@pytest.mark.parametrize("backend,device", NATIVE)
+def test_equals_the_ragged_reference_and_each_image_alone(backend, device, with_scores):
+    images = _images(SIZES, 12, seed=5, device=device)
+    g = torch.Generator().manual_seed(9)
+    scores = [torch.randn(n, generator=g).to(device) for n in SIZES] if with_scores else None
+    kwargs = dict(energy=0.9, sketch_size=8, power_iters=1, seed=11, max_tokens=12, min_tokens=2)
+    got = ek.adaptive_prune(images, scores, backend=backend, **kwargs)
+    assert got.backend == backend and got.tokens.device.type == device
+    _assert_equals_alone(got, images, scores, kwargs, backend)
+
+    cpu_images = [x.cpu() for x in images]
+    cpu_scores = None if scores is None else [s.cpu() for s in scores]
+    ref = ek.adaptive_prune(cpu_images, cpu_scores, backend="reference", **kwargs)
+    clear = _assert_matches_reference(got, ref, 0.9)
+    for name in ("lengths", "indices", "mask", "tokens"):
+        assert torch.equal(getattr(got, name).cpu()[clear], getattr(ref, name)[clear]), name
+
+    # packed input with int32 cu_seqlens is the same call
+    packed = ek.adaptive_prune(torch.cat(images), None if scores is None else torch.cat(scores),
+                               cu_seqlens=_cu(SIZES, torch.int32, device), backend=backend, **kwargs)
+    for name in FIELDS:
+        assert torch.equal(getattr(packed, name), getattr(got, name)), name
+
+    budget = ek.spectral_budget(images, backend=backend, **kwargs)
+    assert budget.backend == backend and budget.singular_values.shape == (len(SIZES), 8)
+    assert torch.equal(budget.budgets, got.lengths)  # finite scores change the selection, not the budgets
+    assert_close_verbose(budget.singular_values, got.singular_values, atol=1e-6, rtol=1e-5, what="budget sigma")
+    _assert_matches_reference(budget, reference.spectral_budget_ragged(
+        torch.cat(cpu_images), _cu(SIZES), _ragged_cfg(torch.cat(cpu_images), kwargs)), 0.9)
+
+
+def _ragged_cfg(tokens, kwargs):
+    from eadaprune_kernels._validation import make_config
+    full = dict(energy=0.99, center=True, sketch_size=128, power_iters=2, min_tokens=1, max_tokens=None, seed=0,
+                sketch_matrix=None)
+    full.update(kwargs)
+    return make_config(tokens, ragged=True, **full)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_dtypes_match_the_reference(dtype):
+    sizes = [17, 1, 64, 64, 5, 33]
+    images = _images(sizes, 20, seed=7, dtype=dtype)
+    scores = torch.randn(sum(sizes), generator=torch.Generator().manual_seed(1)).to(dtype)
+    kwargs = dict(energy=0.95, sketch_size=16, power_iters=2, max_tokens=24)
+    rtol = 1e-3 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    for sc in (None, scores):  # as test_cross_backend: selection compared where it is set by the scores
+        got = ek.adaptive_prune(images, sc, backend="cpu", **kwargs)
+        ref = ek.adaptive_prune(images, sc, backend="reference", **kwargs)
+        assert got.tokens.dtype == dtype and got.singular_values.dtype == torch.float32
+        clear = _assert_matches_reference(got, ref, 0.95, rtol=rtol)
+        assert torch.equal(got.lengths[clear], ref.lengths[clear])
+        if sc is not None:  # (leverage may tie exactly, e.g. an image of N_i = rank + 1 tokens)
+            assert torch.equal(got.indices[clear], ref.indices[clear])
+            assert torch.equal(got.tokens[clear], ref.tokens[clear])
+
+
+def test_sketch_matrix_uses_its_first_columns_per_image():
+    sizes = [3, 30, 7, 30]
+    images = _images(sizes, 10, seed=14)
+    # the generated sketch, passed explicitly, changes nothing: images take the first l_i columns of [D, L]
+    generated = ek.adaptive_prune(images, sketch_size=8, seed=4, backend="cpu")
+    explicit = ek.adaptive_prune(images, sketch_size=8, sketch_matrix=_C.gaussian_sketch(10, 8, 4), backend="cpu")
+    for name in FIELDS:
+        assert torch.equal(getattr(explicit, name), getattr(generated, name)), name
+    # another sketch: as the reference and as each image alone with its first l_i columns
+    other = torch.randn(10, 8, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(sketch_size=8, sketch_matrix=other, energy=0.9)
+    got = ek.adaptive_prune(images, backend="cpu", **kwargs)
+    _assert_equals_alone(got, images, None, kwargs, "cpu")
+    _assert_matches_reference(got, ek.adaptive_prune(images, backend="reference", **kwargs), 0.9)
+    with pytest.raises(ValueError, match=r"sketch_matrix: expected shape \(10, 8\) = \(D, min\(sketch_size, D\)\)"):
+        _C.adaptive_prune_ragged(torch.cat(images), _cu(sizes), None, 0.9, True, 8, 1, 1, None, 0, other[:, :3])
+
+
+@pytest.mark.parametrize("backend,device", NATIVE)
+def test_single_token_flat_and_nonfinite_images(backend, device):
+    sizes = [1, 12, 5, 20, 1, 9]
+    images = _images(sizes, 8, seed=12, device=device)
+    images[1] = images[1][:1].expand(12, 8).clone()  # flat
+    images[2][2, 3] = float("nan")
+    scores = [torch.zeros(n, device=device) for n in sizes]
+    scores[5][0] = float("inf")
+    kwargs = dict(sketch_size=6, max_tokens=7, min_tokens=3, validate=False)
+    for sc in (None, scores):
+        r = ek.adaptive_prune(images, sc, backend=backend, **kwargs)
+        ref = ek.adaptive_prune([x.cpu() for x in images], None if sc is None else [s.cpu() for s in sc],
+                                backend="reference", **kwargs)
+        for name in ("lengths", "indices", "mask", "saturated"):
+            assert torch.equal(getattr(r, name).cpu(), getattr(ref, name)), name
+        torch.testing.assert_close(r.tokens.cpu(), ref.tokens, rtol=0, atol=0, equal_nan=True)  # NaN kept as is
+        sigma = r.singular_values.cpu()
+        # single tokens: l_i = 1, zero spectrum, budget min_i = min(3, 1) = 1
+        assert r.lengths[0] == 1 and r.lengths[4] == 1 and bool((sigma[[0, 4]] == 0).all())
+        assert r.indices[0].tolist() == [0] + [-1] * 6
+        # flat: zero spectrum and energy, min_tokens kept
+        assert bool((sigma[1] == 0).all()) and float(r.total_energy[1]) == 0.0 and int(r.lengths[1]) == 3
+        # non-finite: l_2 = 5 NaN values then 0, saturated, its first max_2 = 5 tokens
+        assert bool(sigma[2, :5].isnan().all()) and bool((sigma[2, 5:] == 0).all())
+        assert bool(r.total_energy[2].isnan()) and bool(r.saturated[2]) and r.indices[2].tolist() == [0, 1, 2, 3, 4, -1, -1]
+        if sc is not None:  # non-finite scores poison image 5 only
+            assert bool(sigma[5].isnan().all()) and r.indices[5].tolist() == list(range(7))
+        assert bool(torch.isfinite(sigma[3]).all())
+
+
+@pytest.mark.parametrize("backend,device", NATIVE)
+def test_total_budget_and_budgets_override(backend, device):
+    sizes = [2, 300, 1, 170, 45, 9, 45]
+    images = _images(sizes, 10, seed=19, device=device)
+    kwargs = dict(sketch_size=8, min_tokens=2, max_tokens=12, power_iters=1, energy=0.95)
+    maxes = torch.tensor([min(12, n) for n in sizes])
+    mins = maxes.clamp(max=2)
+    plain = ek.adaptive_prune(images, backend=backend, **kwargs)
+    cpu_images = [x.cpu() for x in images]
+    ref_plain = ek.adaptive_prune(cpu_images, backend="reference", **kwargs)
+    same_plain = torch.equal(plain.lengths.cpu(), ref_plain.lengths)
+    for total in (int(mins.sum()), int(maxes.sum()), int(mins.sum()) + 7):
+        r = ek.adaptive_prune(images, total_budget=total, backend=backend, **kwargs)
+        lengths = r.lengths.cpu()
+        assert int(lengths.sum()) == total and int(r.mask.sum()) == total
+        assert bool((lengths >= mins).all()) and bool((lengths <= maxes).all()), lengths
+        assert torch.equal(lengths, allocate_budgets(plain.lengths.cpu(), total, mins, maxes))
+        if same_plain:  # the same needs give the same shares and, with the same leverage, the same tokens
+            ref = ek.adaptive_prune(cpu_images, total_budget=total, backend="reference", **kwargs)
+            assert torch.equal(lengths, ref.lengths)
+            assert torch.equal(r.indices.cpu(), ref.indices)
+    with pytest.raises(ValueError, match=r"total_budget: expected between sum\(min_i\)"):
+        ek.adaptive_prune(images, total_budget=int(maxes.sum()) + 1, backend=backend, **kwargs)
+
+    # the extension takes the budgets directly: each image keeps exactly its given share
+    if device == "cpu":
+        x, cu = torch.cat(images), _cu(sizes)
+        given = torch.tensor([2, 12, 1, 3, 7, 9, 2], dtype=torch.int32)  # in [min_i, max_i] of each image
+        out = _C.adaptive_prune_ragged(x, cu, None, 0.95, True, 8, 1, 2, 12, 0, None, given)
+        assert torch.equal(out[2], given) and torch.equal(out[3].sum(1).to(torch.int32), given)
+        for bad, pattern in ((torch.tensor([1, 12, 1, 3, 7, 9, 2]), r"budgets: expected image 0's budget in .* = \[2, 2\], got 1"),
+                             (torch.tensor([2, 13, 1, 3, 7, 9, 2]), r"budgets: expected image 1's budget in .* = \[2, 12\], got 13"),
+                             (torch.tensor([2, 12, 2, 3, 7, 9, 2]), r"budgets: expected image 2's budget in .* = \[1, 1\], got 2"),
+                             (torch.ones(6, dtype=torch.int64), r"budgets: expected shape \(7,\)")):
+            with pytest.raises(ValueError, match=pattern):
+                _C.adaptive_prune_ragged(x, cu, None, 0.95, True, 8, 1, 2, 12, 0, None, bad)
+        with pytest.raises(TypeError, match=r"budgets: expected dtype int32 or int64"):
+            _C.adaptive_prune_ragged(x, cu, None, 0.95, True, 8, 1, 2, 12, 0, None, given.float())
+
+
+def test_many_images_and_thread_counts_agree():
+    """Big runs use the threads inside, small ones are spread over a pool: the answer is the same."""
+    g = torch.Generator().manual_seed(8)
+    sizes = torch.randint(1, 200, (40,), generator=g).tolist() + [900] + [50] * 5
+    images = _images(sizes, 24, seed=1)
+    kwargs = dict(energy=0.95, sketch_size=12, power_iters=1, seed=3, max_tokens=16, min_tokens=2)
+    got = ek.adaptive_prune(images, backend="cpu", **kwargs)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = ek.adaptive_prune(images, backend="cpu", **kwargs)
+    finally:
+        torch.set_num_threads(previous)
+    for name in ("lengths", "indices", "mask", "tokens", "saturated"):
+        assert torch.equal(getattr(got, name), getattr(serial, name)), name
+    assert_close_verbose(got.singular_values, serial.singular_values, atol=1e-5, rtol=1e-5, what="sigma")
+    _assert_equals_alone(got, images, None, kwargs, "cpu")
+    ref = ek.adaptive_prune(images, backend="reference", **kwargs)
+    clear = _assert_matches_reference(got, ref, 0.95)
+    assert torch.equal(got.indices[clear], ref.indices[clear])
+
+
+def test_no_unwritten_output_elements():
+    """Every at::empty of the extension is NaN / sentinel filled (and torch.empty is poisoned by conftest)."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        sizes = [3, 20, 1, 11, 20]
+        images = _images(sizes, 10, seed=7, dtype=torch.float16)
+        sizes_t = torch.tensor(sizes)
+        for scores in (None, [torch.randn(n) for n in sizes]):
+            r = ek.adaptive_prune(images, scores, sketch_size=5, max_tokens=9, backend="cpu")
+            assert not bool(r.tokens.isnan().any()) and not bool(r.singular_values.isnan().any())
+            assert not bool(r.total_energy.isnan().any())
+            assert not bool((r.indices == INT_POISON).any()) and not bool((r.lengths == INT_POISON).any())
+            slots = torch.arange(9)
+            assert torch.equal(r.mask, slots[None, :] < r.lengths[:, None].to(torch.int64))
+            assert bool((r.indices[~r.mask] == -1).all()) and bool((r.tokens[~r.mask] == 0).all())
+            assert bool((r.lengths >= 1).all()) and bool((r.lengths <= sizes_t.clamp(max=9)).all())
+            assert bool((r.indices < sizes_t[:, None]).all())
+            for b, x in enumerate(images):
+                k = int(r.lengths[b])
+                assert torch.equal(r.tokens[b, :k], x[r.indices[b, :k]])
+        budget = ek.spectral_budget(images, sketch_size=5, backend="cpu")
+        assert not bool(budget.singular_values.isnan().any()) and not bool(budget.total_energy.isnan().any())
+        assert not bool((budget.budgets == INT_POISON).any())
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[1]
+
+
+def test_auto_dispatch_picks_cpu_for_ragged_input():
+    assert available_backends("cpu", ragged=True)[0] == "cpu"
+    images = _images([4, 9], 6, seed=2)
+    assert ek.adaptive_prune(images, sketch_size=3).backend == "cpu"
+    assert ek.spectral_budget(images, sketch_size=3).backend == "cpu"
+
+
+# ---- the C++ boundary: the extension's ragged functions raise what the Python API raises ------------
+
+X = torch.randn(10, 4)
+
+CU_CASES = [
+    ("float", torch.tensor([0.0, 10.0]), r"cu_seqlens: expected dtype int32 or int64"),
+    ("int16", torch.tensor([0, 10], dtype=torch.int16), r"cu_seqlens: expected dtype int32 or int64"),
+    ("2d", torch.tensor([[0, 10]]), r"cu_seqlens: expected a 1-D tensor \[B \+ 1\]"),
+    ("length-1", torch.tensor([0]), r"cu_seqlens: expected a 1-D tensor \[B \+ 1\] with B >= 1"),
+    ("not-tensor", [0, 10], r"cu_seqlens: expected a torch.Tensor"),
+    ("other-device", torch.tensor([0, 10], device="meta"), r"cu_seqlens: expected device cpu \(that of tokens\), got meta"),
+    ("start", torch.tensor([1, 10]), r"cu_seqlens: expected cu_seqlens\[0\] = 0, got 1"),
+    ("end-short", torch.tensor([0, 4, 9]), r"cu_seqlens: expected cu_seqlens\[-1\] = 10 .*got 9"),
+    ("end-long", torch.tensor([0, 4, 11]), r"cu_seqlens: expected cu_seqlens\[-1\] = 10 .*got 11"),
+    ("decreasing", torch.tensor([0, 6, 4, 10]),
+     r"cu_seqlens: expected strictly increasing values, got cu_seqlens\[1\] = 6 > cu_seqlens\[2\] = 4"),
+    ("empty-image", torch.tensor([0, 4, 4, 10], dtype=torch.int32),
+     r"cu_seqlens: image 1 is empty \(cu_seqlens\[1\] = cu_seqlens\[2\] = 4\)"),
+    ("empty-first", torch.tensor([0, 0, 10]), r"cu_seqlens: image 0 is empty"),
+    ("negative", torch.tensor([0, -3, 10]), r"cu_seqlens: expected strictly increasing values"),
+]
+
+
+def _python_error_type(call):
+    with pytest.raises((TypeError, ValueError)) as info:
+        call()
+    return info.type
+
+
+@pytest.mark.parametrize("case", CU_CASES, ids=[c[0] for c in CU_CASES])
+def test_cpp_boundary_checks_cu_seqlens_like_python(case):
+    _, cu, pattern = case
+    expected = _python_error_type(lambda: ek.adaptive_prune(X, cu_seqlens=cu, sketch_size=2, backend="reference"))
+    with pytest.raises(expected, match=pattern):
+        _C.adaptive_prune_ragged(X, cu, None, 0.9, True, 2, 1, 1, None, 0, None)
+    with pytest.raises(expected, match=pattern):
+        _C.spectral_budget_ragged(X, cu, 0.9, True, 2, 1, 1, None, 0, None)
+
+
+CU = torch.tensor([0, 4, 10])
+BAD_ARGUMENTS = [  # (name, keyword arguments, the argument the message names)
+    ("tokens-not-tensor", dict(tokens=[[1.0]]), "tokens"),
+    ("tokens-int", dict(tokens=torch.ones(10, 4, dtype=torch.int32)), "tokens"),
+    ("tokens-rank3", dict(tokens=torch.zeros(1, 10, 4)), "tokens"),
+    ("tokens-no-features", dict(tokens=torch.zeros(10, 0)), "tokens"),
+    ("scores-not-tensor", dict(scores=[0.0] * 10), "scores"),
+    ("scores-int", dict(scores=torch.ones(10, dtype=torch.int64)), "scores"),
+    ("scores-shape", dict(scores=torch.ones(9)), "scores"),
+    ("scores-2d", dict(scores=torch.ones(2, 5)), "scores"),
+    ("energy-zero", dict(energy=0.0), "energy"),
+    ("energy-str", dict(energy="0.9"), "energy"),
+    ("center-int", dict(center=1), "center"),
+    ("sketch-size-zero", dict(sketch_size=0), "sketch_size"),
+    ("power-iters-negative", dict(power_iters=-1), "power_iters"),
+    ("min-tokens-zero", dict(min_tokens=0), "min_tokens"),
+    ("min-above-max", dict(min_tokens=5, max_tokens=4), "min_tokens"),
+    ("min-above-default-max", dict(min_tokens=3, sketch_size=2), "min_tokens"),
+    ("max-tokens-zero", dict(max_tokens=0), "max_tokens"),
+    ("seed-negative", dict(seed=-1), "seed"),
+    ("seed-float", dict(seed=1.0), "seed"),
+    ("sketch-int", dict(sketch_matrix=torch.ones(4, 2, dtype=torch.int32)), "sketch_matrix"),
+    ("sketch-shape", dict(sketch_matrix=torch.ones(4, 1)), "sketch_matrix"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=lambda c: c[0])
+def test_cpp_boundary_raises_like_python(case):
+    _, kwargs, name = case
+    args = dict(tokens=X, scores=None, energy=0.9, center=True, sketch_size=2, power_iters=1, min_tokens=1,
+                max_tokens=None, seed=0, sketch_matrix=None)
+    args.update(kwargs)
+    tokens, scores = args.pop("tokens"), args.pop("scores")
+    expected = _python_error_type(
+        lambda: ek.adaptive_prune(tokens, scores, cu_seqlens=CU, backend="reference", **args))
+    order = ("energy", "center", "sketch_size", "power_iters", "min_tokens", "max_tokens", "seed", "sketch_matrix")
+    positional = [args[k] for k in order]
+    with pytest.raises(expected) as info:
+        _C.adaptive_prune_ragged(tokens, CU, scores, *positional)
+    assert str(info.value).startswith(f"{name}:") or f"\n{name}:" in str(info.value), str(info.value)
+    if scores is None:
+        with pytest.raises(expected):
+            _C.spectral_budget_ragged(tokens, CU, *positional)
+
+
+def test_cpp_boundary_device_and_max_tokens_not_bounded_by_any_image():
+    with pytest.raises(ValueError, match="tokens: expected a cpu tensor"):
+        _C.adaptive_prune_ragged(torch.zeros(10, 4, device="meta"), torch.tensor([0, 10], device="meta"), None,
+                                 0.9, True, 2, 1, 1, None, 0, None)
+    # M = 9 exceeds every N_i: image i keeps at most max_i = min(9, N_i); the widths are the batch's
+    kept, indices, lengths, mask, sigma, energy, saturated = _C.adaptive_prune_ragged(
+        X, CU, None, 0.9, True, 100, 1, 1, 9, 0, None)
+    assert kept.shape == (2, 9, 4) and sigma.shape == (2, 4)  # L = min(sketch_size, D)
+    assert bool((indices[0, 4:] == -1).all()) and bool((sigma[0, 4:] == 0).all())
+    ref = ek.adaptive_prune(X, cu_seqlens=CU, sketch_size=100, max_tokens=9, energy=0.9, power_iters=1,
+                            backend="reference")
+    assert torch.equal(lengths, ref.lengths)
