@@ -157,19 +157,29 @@ def make_config(
     )
 
 
+def nonfinite_rows(t: torch.Tensor) -> torch.Tensor:
+    """[B] bool: rows of t (flattened after the first dimension) that hold NaN or +-Inf.
+
+    One min/max reduction pass (NaN propagates through aminmax, an infinity is an extreme), about
+    twice as fast as isfinite(t).all(): no [B, ...] bool temporary. No host synchronisation.
+    """
+    low, high = torch.aminmax(t.flatten(1), dim=1)
+    return ~(torch.isfinite(low) & torch.isfinite(high))
+
+
 def nonfinite_images(tokens: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
     """[B] bool: images whose tokens (or scores) hold NaN or Inf. No host synchronisation."""
-    bad = ~torch.isfinite(tokens).flatten(1).all(1)
+    bad = nonfinite_rows(tokens)
     if scores is not None:
-        bad |= ~torch.isfinite(scores).all(1)
+        bad |= nonfinite_rows(scores)
     return bad
 
 
 def raise_if_nonfinite(tokens: torch.Tensor, scores: torch.Tensor | None, sketch_matrix) -> None:
     """The validate=True data scan; one host synchronisation."""
-    bad_tokens = ~torch.isfinite(tokens).flatten(1).all(1)
-    bad_scores = None if scores is None else ~torch.isfinite(scores).all(1)
-    bad_sketch = None if sketch_matrix is None else ~torch.isfinite(sketch_matrix).all()
+    bad_tokens = nonfinite_rows(tokens)
+    bad_scores = None if scores is None else nonfinite_rows(scores)
+    bad_sketch = None if sketch_matrix is None else nonfinite_rows(sketch_matrix[None])[0]
     flags = [bad_tokens.any()]
     if bad_scores is not None:
         flags.append(bad_scores.any())

@@ -71,18 +71,31 @@ at::Tensor make_sketch(int64_t d, int64_t l, uint64_t seed) {
   return omega;
 }
 
+// Three passes over the image. Every reduction is kept per column (index j) and summed at the end,
+// so the inner loops carry no dependency from one element to the next and the compiler vectorises
+// them; the sums are still float64.
 template <typename in_t, typename work_t>
 void prepare_image(const in_t* src, work_t* dst, int64_t n, int64_t d, bool center, bool bad_scores,
-                   ImageStats& st, std::vector<double>& mean) {
+                   ImageStats& st, std::vector<double>& mean, std::vector<double>& acc) {
   const int64_t count = n * d;
-  double amax = 0.0;
-  bool finite = true;
-  for (int64_t k = 0; k < count; ++k) {
-    const double v = static_cast<double>(src[k]);
-    finite &= std::isfinite(v);
-    amax = std::max(amax, std::abs(v));
+  // pass 1: max |x| and the non-finite scan (v * 0 is NaN exactly when v is NaN or +-inf)
+  std::vector<double>& colmax = mean;
+  colmax.assign(d, 0.0);
+  acc.assign(d, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const in_t* row = src + i * d;
+    for (int64_t j = 0; j < d; ++j) {
+      const double v = static_cast<double>(row[j]);
+      colmax[j] = std::max(colmax[j], std::abs(v));
+      acc[j] += v * 0.0;
+    }
   }
-  st.bad = !finite || bad_scores;
+  double amax = 0.0, poison = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    amax = std::max(amax, colmax[j]);
+    poison += acc[j];
+  }
+  st.bad = !(poison == 0.0) || bad_scores;
   if (st.bad) {
     std::fill(dst, dst + count, work_t(0));
     st = ImageStats{1.0, 0.0, true, true};
@@ -90,27 +103,35 @@ void prepare_image(const in_t* src, work_t* dst, int64_t n, int64_t d, bool cent
   }
   st.scale = amax > 0.0 ? std::ldexp(1.0, std::ilogb(amax)) : 1.0;
   const double inv = 1.0 / st.scale;  // exact: a power of two
+  // pass 2: column sums (the mean token) and the raw energy, of the scaled image
   mean.assign(d, 0.0);
-  double raw = 0.0;
+  acc.assign(d, 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const in_t* row = src + i * d;
     for (int64_t j = 0; j < d; ++j) {
       const double v = static_cast<double>(row[j]) * inv;
       mean[j] += v;
-      raw += v * v;
+      acc[j] += v * v;
     }
   }
-  for (int64_t j = 0; j < d; ++j) mean[j] = center ? mean[j] / static_cast<double>(n) : 0.0;
-  double energy = 0.0;
+  double raw = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    raw += acc[j];
+    mean[j] = center ? mean[j] / static_cast<double>(n) : 0.0;
+  }
+  // pass 3: the centred working copy and the exact centred energy
+  acc.assign(d, 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const in_t* row = src + i * d;
     work_t* out = dst + i * d;
     for (int64_t j = 0; j < d; ++j) {
       const double v = static_cast<double>(row[j]) * inv - mean[j];
       out[j] = static_cast<work_t>(v);
-      energy += v * v;
+      acc[j] += v * v;
     }
   }
+  double energy = 0.0;
+  for (int64_t j = 0; j < d; ++j) energy += acc[j];
   st.energy = energy;
   st.flat = energy <= kFlatRtol * raw;
   if (st.flat) std::fill(dst, dst + count, work_t(0));  // reported as zero spectrum, zero leverage
@@ -137,14 +158,14 @@ at::Tensor prepare(const at::Tensor& x, const std::vector<uint8_t>& bad_scores, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "eadaprune_prepare", [&] {
     const scalar_t* src = x.data_ptr<scalar_t>();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<double> mean;
+      std::vector<double> mean, acc;
       for (int64_t b = begin; b < end; ++b) {
         if (work == at::kDouble) {
           prepare_image(src + b * n * d, xs.data_ptr<double>() + b * n * d, n, d, center, bad_scores[b],
-                        stats[b], mean);
+                        stats[b], mean, acc);
         } else {
           prepare_image(src + b * n * d, xs.data_ptr<float>() + b * n * d, n, d, center, bad_scores[b],
-                        stats[b], mean);
+                        stats[b], mean, acc);
         }
       }
     });
