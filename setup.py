@@ -33,7 +33,7 @@ EXTRAS = {
     "bench": ["pytest-benchmark>=4", "matplotlib>=3.7", "scikit-learn>=1.3", "numpy<2.4"],
 }
 EXTRAS["test"] = sorted(set(
-    ["pytest>=8", "hypothesis>=6.100"] + EXTRAS["triton"] + EXTRAS["demo"] + EXTRAS["hf"]
+    ["pytest>=8", "hypothesis>=6.100"] + EXTRAS["triton"] + EXTRAS["demo"] + EXTRAS["hf"] + EXTRAS["bench"]
 ))
 
 
