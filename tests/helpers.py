@@ -133,3 +133,52 @@ def backend_params(include_reference: bool = False):
         params.append(pytest.param(None, "cpu", id="no-other-backend",
                                    marks=pytest.mark.skip(reason="only the reference backend is registered")))
     return params
+
+
+def ragged_alone_kwargs(n, d, kwargs):
+    """(kwargs, l_i, max_i): the arguments that make one image of N = n alone behave as it does inside a
+    ragged call with ``kwargs`` (its own l_i and max_i, the first l_i columns of a given sketch)."""
+    sketch = kwargs.get("sketch_size", 128)
+    l = min(sketch, n, d)
+    top = min(kwargs.get("max_tokens") or min(sketch, d), n)
+    alone = dict(kwargs, max_tokens=top, min_tokens=min(kwargs.get("min_tokens", 1), top))
+    if kwargs.get("sketch_matrix") is not None:
+        alone["sketch_matrix"] = kwargs["sketch_matrix"][:, :l]
+    return alone, l, top
+
+
+def assert_ragged_equals_alone(result, images, scores, kwargs, backend, exact=True):
+    """Image b of a ragged result is image b run alone with the same seed: shapes, padding and selection
+    exactly; the spectrum bit for bit when ``exact``, else to rounding (1e-6 of sigma_1: an image may run
+    on one BLAS thread inside the batch and on several alone)."""
+    from eadaprune_kernels import adaptive_prune
+
+    d = images[0].shape[1]
+    sketch = kwargs.get("sketch_size", 128)
+    m = kwargs.get("max_tokens") or min(sketch, d)
+    width = min(sketch, d)
+    b = len(images)
+    assert result.tokens.shape == (b, m, d) and result.indices.shape == (b, m) and result.mask.shape == (b, m)
+    assert result.singular_values.shape == (b, width) and result.lengths.shape == (b,)
+    assert result.tokens.dtype == images[0].dtype and result.lengths.dtype == torch.int32
+    for i, x in enumerate(images):
+        alone_kw, l, top = ragged_alone_kwargs(x.shape[0], d, kwargs)
+        one = adaptive_prune(x, None if scores is None else scores[i], backend=backend, **alone_kw)
+        where = f"image {i} (N_i={x.shape[0]})"
+        assert int(result.lengths[i]) == int(one.lengths), f"{where}: {int(result.lengths[i])} vs {int(one.lengths)}"
+        assert torch.equal(result.indices[i, :top], one.indices), where
+        assert bool((result.indices[i, top:] == -1).all()), where
+        assert torch.equal(result.mask[i, :top], one.mask) and not bool(result.mask[i, top:].any()), where
+        assert torch.equal(result.tokens[i, :top], one.tokens), where
+        assert bool((result.tokens[i, top:] == 0).all()), where
+        assert bool(result.saturated[i]) == bool(one.saturated), where
+        if exact:
+            assert torch.equal(result.singular_values[i, :l], one.singular_values), where
+            assert torch.equal(result.total_energy[i], one.total_energy), where
+        else:
+            scale = one.singular_values.abs().max().clamp_min(1e-30)
+            assert_close_verbose(result.singular_values[i, :l] / scale, one.singular_values / scale, atol=1e-6,
+                                 rtol=0, what=f"{where}: sigma / sigma_1")
+            assert_close_verbose(result.total_energy[i], one.total_energy, atol=0, rtol=1e-6,
+                                 what=f"{where}: energy")
+        assert bool((result.singular_values[i, l:] == 0).all()), f"{where}: sigma past l_i = {l} must be 0"

@@ -22,7 +22,8 @@ from eadaprune_kernels.ops import ragged_budget_op, ragged_prune_op
 from eadaprune_kernels.sketch import gaussian_sketch
 
 from conftest import INT_POISON
-from helpers import assert_close_verbose, knife_edge, matrix_with_spectrum, spectrum
+from helpers import (assert_close_verbose, assert_ragged_equals_alone, knife_edge, matrix_with_spectrum,
+                     spectrum)
 
 try:
     from eadaprune_kernels import triton_backend as tb
@@ -58,47 +59,6 @@ def _cu(sizes, dtype=torch.int64):
     return torch.tensor(bounds, dtype=dtype)
 
 
-def _alone_kwargs(n, d, kwargs):
-    """The arguments that make one image alone behave as it does inside a ragged call."""
-    sketch = kwargs.get("sketch_size", 128)
-    l = min(sketch, n, d)
-    top = min(kwargs.get("max_tokens") or min(sketch, d), n)
-    alone = dict(kwargs, max_tokens=top, min_tokens=min(kwargs.get("min_tokens", 1), top))
-    if kwargs.get("sketch_matrix") is not None:
-        alone["sketch_matrix"] = kwargs["sketch_matrix"][:, :l]
-    return alone, l, top
-
-
-def _assert_equals_alone(result, images, scores, kwargs, backend, exact=True):
-    """Every field of image b of a ragged result equals running image b alone (same seed)."""
-    d = images[0].shape[1]
-    sketch = kwargs.get("sketch_size", 128)
-    m = kwargs.get("max_tokens") or min(sketch, d)
-    L = min(sketch, d)
-    b = len(images)
-    assert result.tokens.shape == (b, m, d) and result.indices.shape == (b, m) and result.mask.shape == (b, m)
-    assert result.singular_values.shape == (b, L) and result.lengths.shape == (b,)
-    assert result.tokens.dtype == images[0].dtype and result.lengths.dtype == torch.int32
-    for i, x in enumerate(images):
-        alone_kw, l, top = _alone_kwargs(x.shape[0], d, kwargs)
-        one = adaptive_prune(x, None if scores is None else scores[i], backend=backend, **alone_kw)
-        where = f"image {i} (N_i={x.shape[0]})"
-        assert int(result.lengths[i]) == int(one.lengths), f"{where}: {int(result.lengths[i])} vs {int(one.lengths)}"
-        assert torch.equal(result.indices[i, :top], one.indices), where
-        assert bool((result.indices[i, top:] == -1).all()), where
-        assert torch.equal(result.mask[i, :top], one.mask) and not bool(result.mask[i, top:].any()), where
-        assert torch.equal(result.tokens[i, :top], one.tokens), where
-        assert bool((result.tokens[i, top:] == 0).all()), where
-        assert bool(result.saturated[i]) == bool(one.saturated), where
-        if exact:
-            assert torch.equal(result.singular_values[i, :l], one.singular_values), where
-            assert torch.equal(result.total_energy[i], one.total_energy), where
-        else:
-            assert_close_verbose(result.singular_values[i, :l], one.singular_values, atol=1e-6, rtol=1e-5, what=where)
-            assert_close_verbose(result.total_energy[i], one.total_energy, atol=0, rtol=1e-5, what=where)
-        assert bool((result.singular_values[i, l:] == 0).all()), f"{where}: sigma past l_i = {l} must be 0"
-
-
 # ---- the reference: the definition ---------------------------------------------------------------
 
 
@@ -112,7 +72,7 @@ def test_reference_b64_sizes_up_to_2880_equal_each_image_alone(with_scores):
     kwargs = dict(energy=0.95, sketch_size=8, power_iters=1, seed=3, max_tokens=10, min_tokens=2)
     result = adaptive_prune(images, scores, backend="reference", **kwargs)
     assert result.backend == "reference"
-    _assert_equals_alone(result, images, scores, kwargs, "reference")
+    assert_ragged_equals_alone(result, images, scores, kwargs, "reference")
     # packed input with int32 cu_seqlens gives the same result as the list
     packed = adaptive_prune(torch.cat(images), None if scores is None else torch.cat(scores),
                             cu_seqlens=_cu(sizes, torch.int32), backend="reference", **kwargs)
@@ -161,7 +121,7 @@ def test_triton_ragged_equals_each_image_alone_and_the_reference(with_scores, mo
 
     assert got.backend == "triton"
     # same program arithmetic (same LP = 16, same tiles) for an image alone and inside the packed call
-    _assert_equals_alone(got, images, scores, kwargs, "triton", exact=True)
+    assert_ragged_equals_alone(got, images, scores, kwargs, "triton", exact=True)
     ref = adaptive_prune(images, scores, backend="reference", **kwargs)
     scale = ref.singular_values.amax(1, keepdim=True).clamp_min(1e-30)
     assert_close_verbose(got.singular_values / scale, ref.singular_values / scale, atol=1e-4, rtol=0,
@@ -260,7 +220,7 @@ def test_single_token_images_and_bounds_per_image(backend):
     assert bool((r.singular_values[[0, 2]] == 0).all()) and bool((r.total_energy[[0, 2]] == 0).all())
     assert 3 <= int(r.lengths[1]) <= 4 and 3 <= int(r.lengths[3]) <= 10
     if backend == "reference":
-        _assert_equals_alone(r, images, None, kwargs, "reference")
+        assert_ragged_equals_alone(r, images, None, kwargs, "reference")
 
 
 def test_default_width_and_sketch_matrix_nested_columns():
@@ -269,14 +229,14 @@ def test_default_width_and_sketch_matrix_nested_columns():
     r = adaptive_prune(images, sketch_size=8, backend="reference")  # M = L = min(8, 10) = 8
     assert r.tokens.shape == (3, 8, 10) and r.singular_values.shape == (3, 8)
     assert int(r.lengths[0]) <= 3 and bool((r.singular_values[0, 3:] == 0).all())
-    _assert_equals_alone(r, images, None, dict(sketch_size=8), "reference")
+    assert_ragged_equals_alone(r, images, None, dict(sketch_size=8), "reference")
     # the generated sketch is nested in l: an explicit copy of it gives the same answer
     omega = gaussian_sketch(10, 8, seed=0)
     same = adaptive_prune(images, sketch_size=8, sketch_matrix=omega, backend="reference")
     assert torch.equal(same.indices, r.indices) and torch.equal(same.singular_values, r.singular_values)
     other = omega.flip(1).contiguous()
     kwargs = dict(sketch_size=8, sketch_matrix=other)
-    _assert_equals_alone(adaptive_prune(images, backend="reference", **kwargs), images, None, kwargs, "reference")
+    assert_ragged_equals_alone(adaptive_prune(images, backend="reference", **kwargs), images, None, kwargs, "reference")
     with pytest.raises(ValueError, match=r"sketch_matrix: expected shape \(10, 8\) = \(D, min\(sketch_size, D\)\)"):
         adaptive_prune(images, sketch_size=8, sketch_matrix=omega[:, :3], backend="reference")
 
