@@ -153,7 +153,7 @@ def adaptive_prune(
             min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix, ragged=True,
         )
         _check_validate(validate)
-        name = resolve_backend_name(backend, tokens.device.type, True)
+        name = resolve_backend_name(backend, tokens.device.type, True, cfg.sketch_size)
         return _adaptive_prune_ragged(tokens, scores, cu_seqlens, cfg, name, validate, total_budget)
     check_tokens(tokens)
     check_scores(scores, tokens)
@@ -163,7 +163,7 @@ def adaptive_prune(
     )
     if not isinstance(validate, bool):
         raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
-    name = resolve_backend_name(backend, tokens.device.type)
+    name = resolve_backend_name(backend, tokens.device.type, False, cfg.sketch_size)
     single = tokens.dim() == 2
     if single:
         tokens = tokens[None]
@@ -220,7 +220,7 @@ def spectral_budget(
             min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix, ragged=True,
         )
         _check_validate(validate)
-        name = resolve_backend_name(backend, tokens.device.type, True)
+        name = resolve_backend_name(backend, tokens.device.type, True, cfg.sketch_size)
         fields = ragged_budget_op(
             tokens, cu_seqlens, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
             cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate,
@@ -233,7 +233,7 @@ def spectral_budget(
     )
     if not isinstance(validate, bool):
         raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
-    name = resolve_backend_name(backend, tokens.device.type)
+    name = resolve_backend_name(backend, tokens.device.type, False, cfg.sketch_size)
     single = tokens.dim() == 2
     if single:
         tokens = tokens[None]

@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 
 __all__ = ["BACKENDS", "AUTO_ORDER", "ENV_VAR", "BackendUnavailable", "RaggedUnsupported",
-           "available_backends", "resolve_backend", "resolve_backend_name", "supports_ragged"]
+           "available_backends", "max_sketch_size", "resolve_backend", "resolve_backend_name", "supports_ragged"]
 
 ENV_VAR = "EADAPRUNE_BACKEND"
 
@@ -75,19 +75,32 @@ def supports_ragged(name: str) -> bool:
     return bool(getattr(_load(name), "SUPPORTS_RAGGED", False))
 
 
-def available_backends(device: torch.device | str = "cpu", ragged: bool = False) -> list[str]:
-    """Names of the backends that can run on ``device`` (and take ragged input if asked), fastest first."""
+def max_sketch_size(name: str) -> int | None:
+    """The largest l the (importable) backend ``name`` takes: its ``MAX_SKETCH_SIZE`` (None: no limit)."""
+    return getattr(_load(name), "MAX_SKETCH_SIZE", None)
+
+
+def _takes(name: str, ragged: bool, sketch_size: int) -> bool:
+    limit = max_sketch_size(name)
+    return (not ragged or supports_ragged(name)) and (limit is None or sketch_size <= limit)
+
+
+def available_backends(device: torch.device | str = "cpu", ragged: bool = False, sketch_size: int = 1) -> list[str]:
+    """Names of the backends that can run on ``device`` (taking ragged input if asked, and a sketch of
+    ``sketch_size`` columns), fastest first."""
     device_type = torch.device(device).type
     return [name for name in AUTO_ORDER.get(device_type, ())
-            if _is_available(name) and (not ragged or supports_ragged(name))]
+            if _is_available(name) and _takes(name, ragged, sketch_size)]
 
 
 @torch.compiler.assume_constant_result
-def resolve_backend_name(backend: str, device_type: str, ragged: bool = False) -> str:
+def resolve_backend_name(backend: str, device_type: str, ragged: bool = False, sketch_size: int = 1) -> str:
     """The name of the backend that ``backend`` ("auto" or a name) resolves to on ``device_type``.
 
     With ``ragged`` the backend must take packed ragged input: "auto" skips those that do not, and a
-    named one that does not raises :class:`RaggedUnsupported`.
+    named one that does not raises :class:`RaggedUnsupported`. Likewise a backend whose
+    ``MAX_SKETCH_SIZE`` is below ``sketch_size`` (the resolved l) is skipped by "auto" and raises
+    :class:`BackendUnavailable` when named.
 
     Marked as a constant for torch.compile: it reads only the arguments, the environment and which
     modules import, so it runs once at trace time and never breaks the graph.
@@ -101,10 +114,12 @@ def resolve_backend_name(backend: str, device_type: str, ragged: bool = False) -
         source = ""
     if backend == "auto":
         for name in AUTO_ORDER.get(device_type, ()):
-            if _is_available(name) and (not ragged or supports_ragged(name)):
+            if _is_available(name) and _takes(name, ragged, sketch_size):
                 return name
         what = "ragged input" if ragged else "a backend"
-        raise BackendUnavailable(f"backend 'auto': no backend runs {what} on device type {device_type!r}")
+        raise BackendUnavailable(
+            f"backend 'auto': no backend runs {what} with l = {sketch_size} on device type {device_type!r}"
+        )
     if backend not in BACKENDS:
         raise ValueError(
             f"backend{source}: expected 'auto' or one of {sorted(BACKENDS)}, got {backend!r}"
@@ -120,9 +135,17 @@ def resolve_backend_name(backend: str, device_type: str, ragged: bool = False) -
             f"backend {backend!r}{source} does not support ragged input (packed tokens with cu_seqlens, or a "
             f"list of images) yet; use backend='reference' or 'triton', or pad the images to one N yourself"
         )
+    limit = max_sketch_size(backend)
+    if limit is not None and sketch_size > limit:
+        why = getattr(_load(backend), "MAX_SKETCH_SIZE_REASON", "")
+        raise BackendUnavailable(
+            f"backend {backend!r}{source} takes l = min(sketch_size, N, D) up to {limit}{f' ({why})' if why else ''}, "
+            f"got l = {sketch_size}; pass a smaller sketch_size or another backend"
+        )
     return backend
 
 
-def resolve_backend(backend: str, device: torch.device, ragged: bool = False) -> ModuleType:
-    """The backend module to run for ``backend`` ("auto" or a name) on ``device`` (and ragged input)."""
-    return _load(resolve_backend_name(backend, torch.device(device).type, ragged))
+def resolve_backend(backend: str, device: torch.device, ragged: bool = False, sketch_size: int = 1) -> ModuleType:
+    """The backend module to run for ``backend`` ("auto" or a name) on ``device`` (ragged input and a
+    sketch of ``sketch_size`` columns)."""
+    return _load(resolve_backend_name(backend, torch.device(device).type, ragged, sketch_size))

@@ -86,7 +86,7 @@ def prune_op(
                 budgets, tokens.new_zeros((0, max_tokens), dtype=torch.bool), sigma, total, saturated)
     if validate:
         raise_if_nonfinite(tokens, scores, sketch_matrix)
-    impl = resolve_backend(backend, tokens.device)
+    impl = resolve_backend(backend, tokens.device, sketch_size=sketch_size)
     r = impl.adaptive_prune(tokens, scores, cfg, budgets)
     return r.tokens, r.indices, r.lengths, r.mask, r.singular_values, r.total_energy, r.saturated
 
@@ -109,7 +109,7 @@ def budget_op(
         return _empty_budget_fields(tokens, sketch_size)
     if validate:
         raise_if_nonfinite(tokens, None, sketch_matrix)
-    r = resolve_backend(backend, tokens.device).spectral_budget(tokens, cfg)
+    r = resolve_backend(backend, tokens.device, sketch_size=sketch_size).spectral_budget(tokens, cfg)
     return r.budgets, r.singular_values, r.total_energy, r.saturated
 
 
@@ -137,7 +137,7 @@ def ragged_prune_op(
     M = max_tokens and singular values [B, L] (L = sketch_size, already min(sketch_size, D))."""
     cfg = _config(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, sketch_matrix)
     _check_ragged_data(tokens, cu_seqlens, scores, sketch_matrix, validate, None, min_tokens, max_tokens)
-    impl = resolve_backend(backend, tokens.device, ragged=True)
+    impl = resolve_backend(backend, tokens.device, ragged=True, sketch_size=sketch_size)
     r = impl.adaptive_prune_ragged(tokens, cu_seqlens, scores, cfg, budgets)
     return r.tokens, r.indices, r.lengths, r.mask, r.singular_values, r.total_energy, r.saturated
 
@@ -160,7 +160,7 @@ def ragged_budget_op(
     together with cu_seqlens (it is the first pass of adaptive_prune(..., total_budget=))."""
     cfg = _config(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed, sketch_matrix)
     _check_ragged_data(tokens, cu_seqlens, None, sketch_matrix, validate, total_budget, min_tokens, max_tokens)
-    r = resolve_backend(backend, tokens.device, ragged=True).spectral_budget_ragged(tokens, cu_seqlens, cfg)
+    r = resolve_backend(backend, tokens.device, ragged=True, sketch_size=sketch_size).spectral_budget_ragged(tokens, cu_seqlens, cfg)
     return r.budgets, r.singular_values, r.total_energy, r.saturated
 
 

@@ -74,6 +74,12 @@ __all__ = ["NAME", "SUPPORTS_RAGGED", "adaptive_prune", "spectral_budget", "adap
            "spectral_budget_ragged"]
 
 NAME = "triton"
+# The l x l blocks (LP x LP fp32, LP = next power of two >= l) go through shared memory for layout
+# conversions: compiled ahead of time for sm_90 (tests/test_triton_compile.py), LP = 128 needs 176 KB
+# of the 227 KB an H100/H200 block may use, LP = 256 needs 560 KB and cannot launch. Larger sketches go
+# to another backend ("auto" skips this one; naming it raises BackendUnavailable).
+MAX_SKETCH_SIZE = 128
+MAX_SKETCH_SIZE_REASON = "its l x l blocks must fit the 227 KB of shared memory of an H100/H200 block"
 SUPPORTS_RAGGED = True
 
 # Shift of the CholeskyQR passes, relative to the largest diagonal entry of the Gram matrix. Each pass

@@ -405,3 +405,18 @@ def test_repeated_singular_values_stay_lower_bounds():
     _check_against_reference(got, ref, cfg)
     exact = reference.exact_svdvals(x)[:, :16].float()
     assert torch.all(got.singular_values <= exact * (1 + 1e-5) + 1e-6), (got.singular_values - exact).max()
+
+
+@cpu_interp
+def test_sketch_sizes_above_the_limit_go_to_another_backend(monkeypatch):
+    """l > MAX_SKETCH_SIZE cannot launch on sm_90 (shared memory): named -> error, auto -> next backend."""
+    from eadaprune_kernels import backends
+    from eadaprune_kernels.backends import BackendUnavailable
+
+    x = torch.randn(1, 160, 140)
+    with pytest.raises(BackendUnavailable, match=r"backend 'triton' takes l = .* up to 128 .*got l = 140"):
+        api.adaptive_prune(x, sketch_size=256, backend="triton")
+    monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("triton", "reference"))
+    assert api.adaptive_prune(x, sketch_size=256).backend == "reference"
+    assert api.spectral_budget(x[:, :20, :12], sketch_size=8).backend == "triton"
+    assert backends.available_backends("cpu", sketch_size=129) == ["reference"]
