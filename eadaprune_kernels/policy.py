@@ -137,6 +137,27 @@ class CalibratedEnergy(float):
         return f"CalibratedEnergy({float(self)!r}, mean_tokens={self.mean_tokens!r}, plateau={self.plateau!r})"
 
 
+def _image_bounds(batch, width: int, prune_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] int64 (min_i, max_i) of the images of one calibration batch, as the pipeline bounds them.
+
+    ``width`` is the number of singular values per image (l for a dense batch, L = min(sketch_size, D)
+    for a ragged one). Ragged images (a list, or packed with cu_seqlens) get max_i = min(M, N_i) and
+    min_i = min(min_tokens, max_i); a dense batch has one N >= max_tokens for every image.
+    """
+    top = prune_kwargs.get("max_tokens") or width
+    cu_seqlens = prune_kwargs.get("cu_seqlens")
+    if isinstance(batch, (list, tuple)):
+        sizes = torch.tensor([t.shape[0] for t in batch], dtype=torch.int64)
+    elif cu_seqlens is not None:
+        sizes = (cu_seqlens[1:] - cu_seqlens[:-1]).to(device="cpu", dtype=torch.int64)
+    else:
+        count = batch.shape[0] if batch.dim() == 3 else 1
+        sizes = torch.full((count,), batch.shape[-2], dtype=torch.int64)
+    high = sizes.clamp(max=top)
+    low = high.clamp(max=prune_kwargs.get("min_tokens", 1))
+    return low, high
+
+
 def calibrate_energy(batches, target_mean_tokens: float, **prune_kwargs) -> CalibratedEnergy:
     """An energy that gives the smallest reachable mean budget >= ``target_mean_tokens`` over ``batches``.
 
@@ -148,8 +169,9 @@ def calibrate_energy(batches, target_mean_tokens: float, **prune_kwargs) -> Cali
     backend's spectrum cannot tip an image over a step.
 
     Args:
-        batches: a token tensor [B, N, D] or an iterable of them (images may differ in N between
-            batches; each batch's budgets follow its own N and l).
+        batches: a token tensor [B, N, D] or an iterable of batches: tensors [B, N, D] or [N, D], or
+            ragged batches (a list of [N_i, D] tensors, or packed tensors with ``cu_seqlens`` in
+            ``prune_kwargs``); every image's budget follows its own N_i, l_i and bounds.
         target_mean_tokens: the mean number of kept tokens per image to reach.
         **prune_kwargs: keyword arguments of :func:`spectral_budget` except ``energy``.
 
@@ -169,22 +191,19 @@ def calibrate_energy(batches, target_mean_tokens: float, **prune_kwargs) -> Cali
         result = spectral_budget(batch, energy=1.0, **prune_kwargs)
         sigma = result.singular_values.reshape(-1, result.singular_values.shape[-1]).to(torch.float64)
         energy_total = result.total_energy.reshape(-1).to(torch.float64)
-        l = sigma.shape[1]
-        max_tokens = prune_kwargs.get("max_tokens") or l
-        spectra.append((sigma, energy_total, l, max_tokens))
+        low, high = _image_bounds(batch, sigma.shape[1], prune_kwargs)
+        spectra.append((sigma, energy_total, low.to(sigma.device), high.to(sigma.device)))
     if not spectra or all(s[0].shape[0] == 0 for s in spectra):
         raise ValueError("batches: expected at least one image to calibrate on, got none")
-    min_tokens = prune_kwargs.get("min_tokens", 1)
 
     def mean_budget(energy: float) -> float:
         total, count = 0.0, 0
-        for sigma, energy_total, l, max_tokens in spectra:
-            cfg = PipelineConfig(energy=energy, center=True, sketch_size=l, power_iters=0,
-                                 min_tokens=min_tokens, max_tokens=max_tokens, seed=0, sketch_matrix=None)
+        for sigma, energy_total, low, high in spectra:
+            cfg = PipelineConfig(energy=energy, center=True, sketch_size=sigma.shape[1], power_iters=0,
+                                 min_tokens=1, max_tokens=1, seed=0, sketch_matrix=None)
             flat = energy_total == 0
-            _, budgets, _ = budget_from_spectrum(sigma, energy_total, flat, cfg)
-            nonfinite = energy_total.isnan()
-            budgets = torch.where(nonfinite, torch.full_like(budgets, max_tokens), budgets)
+            _, budgets, _ = budget_from_spectrum(sigma, energy_total, flat, cfg, low, high)
+            budgets = torch.where(energy_total.isnan(), high, budgets)  # non-finite images keep max_i
             total += float(budgets.sum())
             count += budgets.numel()
         return total / count

@@ -68,16 +68,24 @@ def budget_from_spectrum(
     total_energy: torch.Tensor,
     flat: torch.Tensor,
     cfg: PipelineConfig,
+    min_tokens: int | torch.Tensor | None = None,
+    max_tokens: int | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Steps 7 of the pipeline: (k_star [B] int64, budgets [B] int64, saturated [B] bool)."""
+    """Steps 7 of the pipeline: (k_star [B] int64, budgets [B] int64, saturated [B] bool).
+
+    ``min_tokens`` / ``max_tokens`` (an int or [B] per-image bounds, e.g. min_i / max_i of a ragged
+    batch) replace cfg's bounds when given.
+    """
     cumulative = torch.cumsum(singular_values.square(), dim=1)
     target = (cfg.energy - ENERGY_SLACK) * total_energy
     reached = cumulative >= target[:, None]
     saturated = ~reached[:, -1] & ~flat
     first = torch.argmax(reached.to(torch.int8), dim=1) + 1
-    k_star = torch.where(saturated, torch.full_like(first, cfg.max_tokens), first)
-    k_star = torch.where(flat, torch.full_like(first, cfg.min_tokens), k_star)
-    budgets = k_star.clamp(cfg.min_tokens, cfg.max_tokens)
+    low = torch.as_tensor(cfg.min_tokens if min_tokens is None else min_tokens, device=first.device).expand_as(first)
+    high = torch.as_tensor(cfg.max_tokens if max_tokens is None else max_tokens, device=first.device).expand_as(first)
+    k_star = torch.where(saturated, high, first)
+    k_star = torch.where(flat, low, k_star)
+    budgets = torch.maximum(torch.minimum(k_star, high), low)
     return k_star, budgets, saturated
 
 

@@ -119,3 +119,25 @@ def test_total_budget_is_checked():
     with pytest.raises(TypeError, match="total_budget: expected an int or None, got float"):
         adaptive_prune(x, total_budget=9.0)
     assert adaptive_prune(x[:0], total_budget=0).lengths.shape == (0,)
+
+
+def test_calibrate_energy_on_ragged_batches_uses_each_images_bounds():
+    """Images smaller than max_tokens saturate at their own max_i = N_i: the calibrated mean must be the
+    mean of the budgets a ragged call really gives (list input and packed input with cu_seqlens)."""
+    g = torch.Generator().manual_seed(23)
+    images = [torch.randn(n, 24, generator=g) @ torch.randn(24, 24, generator=g) for n in (5, 9, 40, 60, 3)]
+    kwargs = dict(sketch_size=16, power_iters=1, max_tokens=12, min_tokens=4)
+    for target in (4.5, 6.0, 7.5):
+        energy = calibrate_energy([images], target, **kwargs)
+        achieved = float(spectral_budget(images, energy=float(energy), **kwargs).budgets.double().mean())
+        assert achieved == pytest.approx(energy.mean_tokens) and achieved >= target
+    packed = torch.cat(images)
+    cu = torch.tensor([0, 5, 14, 54, 114, 117])
+    energy = calibrate_energy(packed, 7.0, cu_seqlens=cu, **kwargs)
+    achieved = float(spectral_budget(packed, cu_seqlens=cu, energy=float(energy), **kwargs).budgets.double().mean())
+    assert achieved == pytest.approx(energy.mean_tokens)
+    # the reachable range follows each image's bounds: energy -> 0 keeps min_i = min(4, N_i) =
+    # (4, 4, 4, 4, 3); energy = 1 keeps the numerical rank of the centred image (N_i - 1, 24 at most),
+    # capped by max_i = min(12, N_i) and raised to min_i: (4, 8, 12, 12, 3) -> [3.8, 7.8], not [4, 12]
+    with pytest.raises(ValueError, match=r"reachable range \[3\.800, 7\.800\]"):
+        calibrate_energy([images], 7.9, **kwargs)
