@@ -182,3 +182,26 @@ def assert_ragged_equals_alone(result, images, scores, kwargs, backend, exact=Tr
             assert_close_verbose(result.total_energy[i], one.total_energy, atol=0, rtol=1e-6,
                                  what=f"{where}: energy")
         assert bool((result.singular_values[i, l:] == 0).all()), f"{where}: sigma past l_i = {l} must be 0"
+
+
+def ragged_images(sizes, d, seed, dtype=torch.float32, offset=3.0, device="cpu"):
+    """Images [N_i, D] with a decaying spectrum and a dominant mean (no ties in leverage)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, n in enumerate(sizes):
+        r = min(n - 1, d)
+        if r >= 2:
+            family = ("exponential", "power1", "step", "lowrank_noise")[i % 4]
+            x = matrix_with_spectrum(spectrum(family, r, g), n, d, g, mean_scale=offset)
+        else:
+            x = torch.randn(n, d, generator=g, dtype=torch.float64) + offset
+        out.append(x.to(dtype).to(device))
+    return out
+
+
+def cu_seqlens_of(sizes, dtype=torch.int64, device="cpu"):
+    """cu_seqlens [B + 1] of images with the given token counts: 0, N_0, N_0 + N_1, ..."""
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    return torch.tensor(bounds, dtype=dtype, device=device)

@@ -16,8 +16,8 @@ from eadaprune_kernels import allocate_budgets, reference
 from eadaprune_kernels.backends import available_backends
 
 from conftest import INT_POISON
-from helpers import (assert_close_verbose, assert_ragged_equals_alone, knife_edge, matrix_with_spectrum,
-                     spectrum)
+from helpers import (assert_close_verbose, assert_ragged_equals_alone, cu_seqlens_of, knife_edge,
+                     ragged_images)
 
 cpu_backend = pytest.importorskip("eadaprune_kernels.cpu_backend", reason="native CPU extension not built")
 _C = cpu_backend._C
@@ -40,28 +40,6 @@ def _native_params():
 
 
 NATIVE = _native_params()
-
-
-def _images(sizes, d, seed, dtype=torch.float32, offset=3.0, device="cpu"):
-    """Images [N_i, D] with a decaying spectrum and a dominant mean (no ties in leverage)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i, n in enumerate(sizes):
-        r = min(n - 1, d)
-        if r >= 2:
-            family = ("exponential", "power1", "step", "lowrank_noise")[i % 4]
-            x = matrix_with_spectrum(spectrum(family, r, g), n, d, g, mean_scale=offset)
-        else:
-            x = torch.randn(n, d, generator=g, dtype=torch.float64) + offset
-        out.append(x.to(dtype).to(device))
-    return out
-
-
-def _cu(sizes, dtype=torch.int64, device="cpu"):
-    bounds = [0]
-    for n in sizes:
-        bounds.append(bounds[-1] + n)
-    return torch.tensor(bounds, dtype=dtype, device=device)
 
 
 def _assert_matches_reference(got, ref, energy, rtol=1e-4):
@@ -88,7 +66,7 @@ SIZES = [1, 9, 40, 40, 40, 23, 2, 8, 300, 1, 7]  # N_i = 1, < L, = L, > L, runs 
 @pytest.mark.parametrize("with_scores", [False, True], ids=["leverage", "scores"])
 @pytest.mark.parametrize("backend,device", NATIVE)
 def test_equals_the_ragged_reference_and_each_image_alone(backend, device, with_scores):
-    images = _images(SIZES, 12, seed=5, device=device)
+    images = ragged_images(SIZES, 12, seed=5, device=device)
     g = torch.Generator().manual_seed(9)
     scores = [torch.randn(n, generator=g).to(device) for n in SIZES] if with_scores else None
     kwargs = dict(energy=0.9, sketch_size=8, power_iters=1, seed=11, max_tokens=12, min_tokens=2)
@@ -105,7 +83,7 @@ def test_equals_the_ragged_reference_and_each_image_alone(backend, device, with_
 
     # packed input with int32 cu_seqlens is the same call
     packed = ek.adaptive_prune(torch.cat(images), None if scores is None else torch.cat(scores),
-                               cu_seqlens=_cu(SIZES, torch.int32, device), backend=backend, **kwargs)
+                               cu_seqlens=cu_seqlens_of(SIZES, torch.int32, device), backend=backend, **kwargs)
     for name in FIELDS:
         assert torch.equal(getattr(packed, name), getattr(got, name)), name
 
@@ -114,7 +92,7 @@ def test_equals_the_ragged_reference_and_each_image_alone(backend, device, with_
     assert torch.equal(budget.budgets, got.lengths)  # finite scores change the selection, not the budgets
     assert_close_verbose(budget.singular_values, got.singular_values, atol=1e-6, rtol=1e-5, what="budget sigma")
     _assert_matches_reference(budget, reference.spectral_budget_ragged(
-        torch.cat(cpu_images), _cu(SIZES), _ragged_cfg(torch.cat(cpu_images), kwargs)), 0.9)
+        torch.cat(cpu_images), cu_seqlens_of(SIZES), _ragged_cfg(torch.cat(cpu_images), kwargs)), 0.9)
 
 
 def _ragged_cfg(tokens, kwargs):
@@ -128,7 +106,7 @@ def _ragged_cfg(tokens, kwargs):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
 def test_dtypes_match_the_reference(dtype):
     sizes = [17, 1, 64, 64, 5, 33]
-    images = _images(sizes, 20, seed=7, dtype=dtype)
+    images = ragged_images(sizes, 20, seed=7, dtype=dtype)
     scores = torch.randn(sum(sizes), generator=torch.Generator().manual_seed(1)).to(dtype)
     kwargs = dict(energy=0.95, sketch_size=16, power_iters=2, max_tokens=24)
     rtol = 1e-3 if dtype in (torch.float16, torch.bfloat16) else 1e-4
@@ -145,7 +123,7 @@ def test_dtypes_match_the_reference(dtype):
 
 def test_sketch_matrix_uses_its_first_columns_per_image():
     sizes = [3, 30, 7, 30]
-    images = _images(sizes, 10, seed=14)
+    images = ragged_images(sizes, 10, seed=14)
     # the generated sketch, passed explicitly, changes nothing: images take the first l_i columns of [D, L]
     generated = ek.adaptive_prune(images, sketch_size=8, seed=4, backend="cpu")
     explicit = ek.adaptive_prune(images, sketch_size=8, sketch_matrix=_C.gaussian_sketch(10, 8, 4), backend="cpu")
@@ -158,13 +136,13 @@ def test_sketch_matrix_uses_its_first_columns_per_image():
     assert_ragged_equals_alone(got, images, None, kwargs, "cpu", exact=False)
     _assert_matches_reference(got, ek.adaptive_prune(images, backend="reference", **kwargs), 0.9)
     with pytest.raises(ValueError, match=r"sketch_matrix: expected shape \(10, 8\) = \(D, min\(sketch_size, D\)\)"):
-        _C.adaptive_prune_ragged(torch.cat(images), _cu(sizes), None, 0.9, True, 8, 1, 1, None, 0, other[:, :3])
+        _C.adaptive_prune_ragged(torch.cat(images), cu_seqlens_of(sizes), None, 0.9, True, 8, 1, 1, None, 0, other[:, :3])
 
 
 @pytest.mark.parametrize("backend,device", NATIVE)
 def test_single_token_flat_and_nonfinite_images(backend, device):
     sizes = [1, 12, 5, 20, 1, 9]
-    images = _images(sizes, 8, seed=12, device=device)
+    images = ragged_images(sizes, 8, seed=12, device=device)
     images[1] = images[1][:1].expand(12, 8).clone()  # flat
     images[2][2, 3] = float("nan")
     scores = [torch.zeros(n, device=device) for n in sizes]
@@ -194,7 +172,7 @@ def test_single_token_flat_and_nonfinite_images(backend, device):
 @pytest.mark.parametrize("backend,device", NATIVE)
 def test_total_budget_and_budgets_override(backend, device):
     sizes = [2, 300, 1, 170, 45, 9, 45]
-    images = _images(sizes, 10, seed=19, device=device)
+    images = ragged_images(sizes, 10, seed=19, device=device)
     kwargs = dict(sketch_size=8, min_tokens=2, max_tokens=12, power_iters=1, energy=0.95)
     maxes = torch.tensor([min(12, n) for n in sizes])
     mins = maxes.clamp(max=2)
@@ -217,7 +195,7 @@ def test_total_budget_and_budgets_override(backend, device):
 
     # the extension takes the budgets directly: each image keeps exactly its given share
     if device == "cpu":
-        x, cu = torch.cat(images), _cu(sizes)
+        x, cu = torch.cat(images), cu_seqlens_of(sizes)
         given = torch.tensor([2, 12, 1, 3, 7, 9, 2], dtype=torch.int32)  # in [min_i, max_i] of each image
         out = _C.adaptive_prune_ragged(x, cu, None, 0.95, True, 8, 1, 2, 12, 0, None, given)
         assert torch.equal(out[2], given) and torch.equal(out[3].sum(1).to(torch.int32), given)
@@ -235,7 +213,7 @@ def test_many_images_and_thread_counts_agree():
     """Big runs use the threads inside, small ones are spread over a pool: the answer is the same."""
     g = torch.Generator().manual_seed(8)
     sizes = torch.randint(1, 200, (40,), generator=g).tolist() + [900] + [50] * 5
-    images = _images(sizes, 24, seed=1)
+    images = ragged_images(sizes, 24, seed=1)
     kwargs = dict(energy=0.95, sketch_size=12, power_iters=1, seed=3, max_tokens=16, min_tokens=2)
     got = ek.adaptive_prune(images, backend="cpu", **kwargs)
     previous = torch.get_num_threads()
@@ -260,7 +238,7 @@ def test_no_unwritten_output_elements():
     torch.utils.deterministic.fill_uninitialized_memory = True
     try:
         sizes = [3, 20, 1, 11, 20]
-        images = _images(sizes, 10, seed=7, dtype=torch.float16)
+        images = ragged_images(sizes, 10, seed=7, dtype=torch.float16)
         sizes_t = torch.tensor(sizes)
         for scores in (None, [torch.randn(n) for n in sizes]):
             r = ek.adaptive_prune(images, scores, sketch_size=5, max_tokens=9, backend="cpu")
@@ -285,7 +263,7 @@ def test_no_unwritten_output_elements():
 
 def test_auto_dispatch_picks_cpu_for_ragged_input():
     assert available_backends("cpu", ragged=True)[0] == "cpu"
-    images = _images([4, 9], 6, seed=2)
+    images = ragged_images([4, 9], 6, seed=2)
     assert ek.adaptive_prune(images, sketch_size=3).backend == "cpu"
     assert ek.spectral_budget(images, sketch_size=3).backend == "cpu"
 

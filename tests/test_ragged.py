@@ -22,8 +22,8 @@ from eadaprune_kernels.ops import ragged_budget_op, ragged_prune_op
 from eadaprune_kernels.sketch import gaussian_sketch
 
 from conftest import INT_POISON
-from helpers import (assert_close_verbose, assert_ragged_equals_alone, knife_edge, matrix_with_spectrum,
-                     spectrum)
+from helpers import (assert_close_verbose, assert_ragged_equals_alone, cu_seqlens_of, knife_edge,
+                     ragged_images)
 
 try:
     from eadaprune_kernels import triton_backend as tb
@@ -37,28 +37,6 @@ RAGGED_BACKENDS = [pytest.param("reference", id="reference"),
                    pytest.param("triton", id="triton", marks=needs_triton)]
 
 
-def _images(sizes, d, seed, dtype=torch.float32, offset=3.0):
-    """Images [N_i, D] with a decaying spectrum and a dominant mean (no ties in leverage)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i, n in enumerate(sizes):
-        r = min(n - 1, d)
-        if r >= 2:
-            family = ("exponential", "power1", "step", "lowrank_noise")[i % 4]
-            x = matrix_with_spectrum(spectrum(family, r, g), n, d, g, mean_scale=offset)
-        else:
-            x = torch.randn(n, d, generator=g, dtype=torch.float64) + offset
-        out.append(x.to(dtype))
-    return out
-
-
-def _cu(sizes, dtype=torch.int64):
-    bounds = [0]
-    for n in sizes:
-        bounds.append(bounds[-1] + n)
-    return torch.tensor(bounds, dtype=dtype)
-
-
 # ---- the reference: the definition ---------------------------------------------------------------
 
 
@@ -67,7 +45,7 @@ def test_reference_b64_sizes_up_to_2880_equal_each_image_alone(with_scores):
     g = torch.Generator().manual_seed(8)
     sizes = torch.randint(1, 2881, (64,), generator=g).tolist()
     sizes[:3] = [1, 2, 2880]
-    images = _images(sizes, 12, seed=1)
+    images = ragged_images(sizes, 12, seed=1)
     scores = [torch.randn(n, generator=g) for n in sizes] if with_scores else None
     kwargs = dict(energy=0.95, sketch_size=8, power_iters=1, seed=3, max_tokens=10, min_tokens=2)
     result = adaptive_prune(images, scores, backend="reference", **kwargs)
@@ -75,7 +53,7 @@ def test_reference_b64_sizes_up_to_2880_equal_each_image_alone(with_scores):
     assert_ragged_equals_alone(result, images, scores, kwargs, "reference")
     # packed input with int32 cu_seqlens gives the same result as the list
     packed = adaptive_prune(torch.cat(images), None if scores is None else torch.cat(scores),
-                            cu_seqlens=_cu(sizes, torch.int32), backend="reference", **kwargs)
+                            cu_seqlens=cu_seqlens_of(sizes, torch.int32), backend="reference", **kwargs)
     for name in ("tokens", "indices", "lengths", "mask", "singular_values", "total_energy", "saturated"):
         assert torch.equal(getattr(packed, name), getattr(result, name)), name
 
@@ -83,14 +61,14 @@ def test_reference_b64_sizes_up_to_2880_equal_each_image_alone(with_scores):
 @pytest.mark.parametrize("backend", RAGGED_BACKENDS)
 def test_equal_sizes_give_the_dense_batch(backend):
     """With every N_i = N the ragged call is the dense [B, N, D] call (an independent check of the layout)."""
-    images = _images([24, 24, 24], 10, seed=4)
+    images = ragged_images([24, 24, 24], 10, seed=4)
     dense = torch.stack(images)
     kwargs = dict(energy=0.9, sketch_size=6, power_iters=1, seed=2, max_tokens=8)
-    got = adaptive_prune(dense.reshape(-1, 10), cu_seqlens=_cu([24] * 3), backend=backend, **kwargs)
+    got = adaptive_prune(dense.reshape(-1, 10), cu_seqlens=cu_seqlens_of([24] * 3), backend=backend, **kwargs)
     ref = adaptive_prune(dense, backend=backend, **kwargs)
     for name in ("tokens", "indices", "lengths", "mask", "singular_values", "total_energy", "saturated"):
         assert torch.equal(getattr(got, name), getattr(ref, name)), name
-    budgets = spectral_budget(dense.reshape(-1, 10), cu_seqlens=_cu([24] * 3), backend=backend, **kwargs)
+    budgets = spectral_budget(dense.reshape(-1, 10), cu_seqlens=cu_seqlens_of([24] * 3), backend=backend, **kwargs)
     assert torch.equal(budgets.budgets, ref.lengths)
 
 
@@ -101,7 +79,7 @@ def test_equal_sizes_give_the_dense_batch(backend):
 @pytest.mark.parametrize("with_scores", [False, True], ids=["leverage", "scores"])
 def test_triton_ragged_equals_each_image_alone_and_the_reference(with_scores, monkeypatch):
     sizes = [1, 9, 40, 23, 2]
-    images = _images(sizes, 12, seed=5)
+    images = ragged_images(sizes, 12, seed=5)
     g = torch.Generator().manual_seed(9)
     scores = [torch.randn(n, generator=g) for n in sizes] if with_scores else None
     kwargs = dict(energy=0.9, sketch_size=8, power_iters=1, seed=11, max_tokens=12, min_tokens=2)
@@ -136,7 +114,7 @@ def test_triton_ragged_equals_each_image_alone_and_the_reference(with_scores, mo
 @needs_triton
 def test_triton_budget_only_and_svdvals_ragged():
     sizes = [17, 1, 30]
-    images = _images(sizes, 9, seed=6, dtype=torch.float64)
+    images = ragged_images(sizes, 9, seed=6, dtype=torch.float64)
     got = spectral_budget(images, sketch_size=6, power_iters=1, backend="triton")
     ref = spectral_budget(images, sketch_size=6, power_iters=1, backend="reference")
     assert got.singular_values.shape == (3, 6) and got.budgets.dtype == torch.int32
@@ -145,7 +123,7 @@ def test_triton_budget_only_and_svdvals_ragged():
     scale = ref.singular_values.amax(1, keepdim=True).clamp_min(1e-30)
     assert_close_verbose(got.singular_values / scale, ref.singular_values / scale, atol=1e-4, rtol=0, what="sigma")
     assert bool((got.singular_values[1] == 0).all()), "an image of one token has a zero centred spectrum"
-    sv = randomized_svdvals(torch.cat(images), cu_seqlens=_cu(sizes), sketch_size=6, power_iters=1,
+    sv = randomized_svdvals(torch.cat(images), cu_seqlens=cu_seqlens_of(sizes), sketch_size=6, power_iters=1,
                             backend="triton")
     assert torch.equal(sv, got.singular_values)
 
@@ -154,7 +132,7 @@ def test_triton_budget_only_and_svdvals_ragged():
 def test_triton_writes_every_output_element():
     """torch.empty is NaN / sentinel-poisoned (conftest): nothing of the outputs may stay unwritten."""
     sizes = [3, 20, 1, 11]
-    images = _images(sizes, 10, seed=7, dtype=torch.float16)
+    images = ragged_images(sizes, 10, seed=7, dtype=torch.float16)
     for scores in (None, [torch.randn(n) for n in sizes]):
         r = adaptive_prune(images, scores, sketch_size=5, max_tokens=9, backend="triton")
         assert not bool(r.tokens.isnan().any()) and not bool(r.singular_values.isnan().any())
@@ -188,7 +166,7 @@ def test_triton_kernel_clamps_garbage_cu_seqlens():
 @pytest.mark.parametrize("backend", RAGGED_BACKENDS)
 def test_nonfinite_image_under_validate_false(backend):
     sizes = [12, 5, 20]
-    images = _images(sizes, 8, seed=12)
+    images = ragged_images(sizes, 8, seed=12)
     images[1][2, 3] = float("nan")
     r = adaptive_prune(images, sketch_size=6, max_tokens=7, validate=False, backend=backend)
     # image 1: l_1 = 5 NaN values then 0; saturated; its first max_1 = min(7, 5) = 5 tokens
@@ -201,7 +179,7 @@ def test_nonfinite_image_under_validate_false(backend):
     scores = [torch.zeros(n) for n in sizes]
     scores[2][0] = float("inf")
     with pytest.raises(ValueError, match=r"scores: .*image\(s\) \[2\]"):
-        adaptive_prune(_images(sizes, 8, seed=12), scores, sketch_size=6, backend=backend)
+        adaptive_prune(ragged_images(sizes, 8, seed=12), scores, sketch_size=6, backend=backend)
 
 
 # ---- semantics at the edges --------------------------------------------------------------------------
@@ -210,7 +188,7 @@ def test_nonfinite_image_under_validate_false(backend):
 @pytest.mark.parametrize("backend", RAGGED_BACKENDS)
 def test_single_token_images_and_bounds_per_image(backend):
     sizes = [1, 4, 1, 13]
-    images = _images(sizes, 6, seed=13)
+    images = ragged_images(sizes, 6, seed=13)
     kwargs = dict(sketch_size=16, min_tokens=3, max_tokens=10, power_iters=1)  # L = min(16, 6) = 6
     r = adaptive_prune(images, backend=backend, **kwargs)
     assert r.tokens.shape == (4, 10, 6) and r.singular_values.shape == (4, 6)
@@ -225,7 +203,7 @@ def test_single_token_images_and_bounds_per_image(backend):
 
 def test_default_width_and_sketch_matrix_nested_columns():
     sizes = [3, 30, 7]
-    images = _images(sizes, 10, seed=14)
+    images = ragged_images(sizes, 10, seed=14)
     r = adaptive_prune(images, sketch_size=8, backend="reference")  # M = L = min(8, 10) = 8
     assert r.tokens.shape == (3, 8, 10) and r.singular_values.shape == (3, 8)
     assert int(r.lengths[0]) <= 3 and bool((r.singular_values[0, 3:] == 0).all())
@@ -277,14 +255,14 @@ def test_cu_seqlens_is_checked(case, validate):
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64], ids=["int32", "int64"])
 def test_cu_seqlens_int32_and_int64_agree(dtype):
-    images = _images([5, 9], 4, seed=15)
-    got = adaptive_prune(torch.cat(images), cu_seqlens=_cu([5, 9], dtype), sketch_size=3, backend="reference")
+    images = ragged_images([5, 9], 4, seed=15)
+    got = adaptive_prune(torch.cat(images), cu_seqlens=cu_seqlens_of([5, 9], dtype), sketch_size=3, backend="reference")
     ref = adaptive_prune(images, sketch_size=3, backend="reference")
     assert torch.equal(got.indices, ref.indices) and torch.equal(got.lengths, ref.lengths)
 
 
 def test_ragged_argument_errors():
-    images = _images([5, 9], 4, seed=16)
+    images = ragged_images([5, 9], 4, seed=16)
     with pytest.raises(ValueError, match=r"tokens: image 1 is empty \(N_i = 0\)"):
         adaptive_prune([images[0], torch.zeros(0, 4), images[1]], backend="reference")
     with pytest.raises(ValueError, match=r"tokens: expected a non-empty list"):
@@ -294,11 +272,11 @@ def test_ragged_argument_errors():
     with pytest.raises(ValueError, match=r"tokens: expected every image with dtype torch.float32"):
         adaptive_prune([images[0], images[1].double()], backend="reference")
     with pytest.raises(TypeError, match=r"cu_seqlens: expected None when tokens is a list"):
-        adaptive_prune(images, cu_seqlens=_cu([5, 9]), backend="reference")
+        adaptive_prune(images, cu_seqlens=cu_seqlens_of([5, 9]), backend="reference")
     with pytest.raises(ValueError, match=r"tokens: expected packed tokens \[T, D\] \(rank 2\) with cu_seqlens"):
-        adaptive_prune(torch.stack([images[0], images[0]]), cu_seqlens=_cu([5, 5]), backend="reference")
+        adaptive_prune(torch.stack([images[0], images[0]]), cu_seqlens=cu_seqlens_of([5, 5]), backend="reference")
     with pytest.raises(ValueError, match=r"scores: expected shape \(14,\) \(packed like tokens\)"):
-        adaptive_prune(torch.cat(images), torch.randn(13), cu_seqlens=_cu([5, 9]), backend="reference")
+        adaptive_prune(torch.cat(images), torch.randn(13), cu_seqlens=cu_seqlens_of([5, 9]), backend="reference")
     with pytest.raises(ValueError, match=r"scores: expected image 1's scores of shape \(9,\)"):
         adaptive_prune(images, [torch.randn(5), torch.randn(8)], backend="reference")
     with pytest.raises(ValueError, match=r"min_tokens: expected at most max_tokens = 3, got 4"):
@@ -307,11 +285,11 @@ def test_ragged_argument_errors():
 
 def test_list_input_with_packed_or_listed_scores():
     sizes = [6, 11, 2]
-    images = _images(sizes, 5, seed=17)
+    images = ragged_images(sizes, 5, seed=17)
     scores = [torch.randn(n) for n in sizes]
     a = adaptive_prune(images, scores, sketch_size=4, backend="reference")
     b = adaptive_prune(images, torch.cat(scores), sketch_size=4, backend="reference")
-    c = adaptive_prune(torch.cat(images), torch.cat(scores), cu_seqlens=_cu(sizes), sketch_size=4, backend="reference")
+    c = adaptive_prune(torch.cat(images), torch.cat(scores), cu_seqlens=cu_seqlens_of(sizes), sketch_size=4, backend="reference")
     for r in (b, c):
         assert torch.equal(r.indices, a.indices) and torch.equal(r.tokens, a.tokens)
     # scores decide: the kept tokens are the top-budget scores of each image
@@ -326,7 +304,7 @@ def test_list_input_with_packed_or_listed_scores():
 
 def test_packed_with_indices_relative_to_each_image():
     sizes = [7, 1, 15]
-    images = _images(sizes, 6, seed=18)
+    images = ragged_images(sizes, 6, seed=18)
     r = adaptive_prune(images, sketch_size=5, max_tokens=6, backend="reference")
     p = r.packed_with_indices()
     lengths = r.lengths.tolist()
@@ -351,7 +329,7 @@ def test_packed_with_indices_relative_to_each_image():
 @pytest.mark.parametrize("backend", RAGGED_BACKENDS)
 def test_total_budget_with_ragged_images(backend):
     sizes = [2, 30, 1, 17] if backend == "triton" else [2, 300, 1, 170, 45, 9]
-    images = _images(sizes, 10, seed=19)
+    images = ragged_images(sizes, 10, seed=19)
     kwargs = dict(sketch_size=8, min_tokens=2, max_tokens=12, power_iters=1, energy=0.95)
     maxes = torch.tensor([min(12, n) for n in sizes])
     mins = maxes.clamp(max=2)
@@ -397,7 +375,7 @@ def test_backend_without_ragged_support_raises(monkeypatch):
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
     monkeypatch.setitem(backends_module.BACKENDS, "fake-dense", (fake.__name__, frozenset({"cpu"})))
     monkeypatch.setitem(backends_module.AUTO_ORDER, "cpu", ("fake-dense", "reference"))
-    images = _images([4, 6], 5, seed=20)
+    images = ragged_images([4, 6], 5, seed=20)
     with pytest.raises(RaggedUnsupported, match=r"backend 'fake-dense' does not support ragged input"):
         adaptive_prune(images, sketch_size=3, backend="fake-dense")
     with pytest.raises(NotImplementedError, match=r"'fake-dense'"):
@@ -410,7 +388,7 @@ def test_backend_without_ragged_support_raises(monkeypatch):
     assert adaptive_prune(images, sketch_size=3).backend == "reference"
     assert backends_module.available_backends("cpu", ragged=True) == ["reference"]
     # the op refuses it too, at its own dispatch point
-    x, cu = torch.cat(images), _cu([4, 6])
+    x, cu = torch.cat(images), cu_seqlens_of([4, 6])
     with pytest.raises(RaggedUnsupported):
         ragged_budget_op(x, cu, None, 0.9, True, 3, 1, 1, 3, 0, "fake-dense", True)
 
@@ -432,12 +410,12 @@ def test_torch_compile_fullgraph_traces_a_ragged_call():
         return result.tokens.sum(-1), result.indices, result.lengths, shared.lengths, budgets
 
     sizes = [5, 16, 1]
-    x, cu, scores = torch.cat(_images(sizes, 8, seed=21)), _cu(sizes), torch.randn(22)
+    x, cu, scores = torch.cat(ragged_images(sizes, 8, seed=21)), cu_seqlens_of(sizes), torch.randn(22)
     compiled = torch.compile(pipeline, fullgraph=True, backend="aot_eager")
     for got, expected in zip(compiled(x, cu, scores), pipeline(x, cu, scores)):
         assert torch.equal(got, expected)
     # other lengths, same B and T: the same graph, each call its own answer
-    cu2 = _cu([10, 2, 10])
+    cu2 = cu_seqlens_of([10, 2, 10])
     for got, expected in zip(compiled(x, cu2, None), pipeline(x, cu2, None)):
         assert torch.equal(got, expected)
     bad = torch.tensor([0, 10, 10, 22])
