@@ -77,24 +77,41 @@ constexpr const char* kSketch = "a torch.Tensor [D, l] or None";
 constexpr const char* kBudgets = "a torch.Tensor [B] or None";
 constexpr const char* kSeedRange = "in [0, 2**63 - 1]";
 
+// The scalar arguments shared by every pipeline entry point, checked in the order of the Python API.
+struct Scalars {
+  double energy;
+  bool center;
+  int64_t sketch_size, power_iters, min_tokens;
+  c10::optional<int64_t> max_tokens;
+  int64_t seed;
+};
+
+Scalars scalar_args(py::handle energy, py::handle center, py::handle sketch_size, py::handle power_iters,
+                    py::handle min_tokens, py::handle max_tokens, py::handle seed) {
+  Scalars a;
+  a.energy = energy_arg(energy);
+  a.center = bool_arg("center", center);
+  a.sketch_size = int_arg("sketch_size", sketch_size);
+  a.power_iters = int_arg("power_iters", power_iters);
+  a.min_tokens = int_arg("min_tokens", min_tokens);
+  a.max_tokens = optional_int_arg("max_tokens", max_tokens);
+  a.seed = int_arg("seed", seed, kSeedRange);
+  return a;
+}
+
 py::tuple adaptive_prune(py::handle tokens, py::handle scores, py::handle energy, py::handle center,
                          py::handle sketch_size, py::handle power_iters, py::handle min_tokens,
                          py::handle max_tokens, py::handle seed, py::handle sketch_matrix, py::handle budgets) {
   const at::Tensor t = tensor_arg("tokens", tokens, kTokens);
   const auto s = optional_tensor_arg("scores", scores, kScores);
-  const double e = energy_arg(energy);
-  const bool c = bool_arg("center", center);
-  const int64_t k = int_arg("sketch_size", sketch_size);
-  const int64_t q = int_arg("power_iters", power_iters);
-  const int64_t lo = int_arg("min_tokens", min_tokens);
-  const auto hi = optional_int_arg("max_tokens", max_tokens);
-  const int64_t sd = int_arg("seed", seed, kSeedRange);
+  const Scalars a = scalar_args(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed);
   const auto om = optional_tensor_arg("sketch_matrix", sketch_matrix, kSketch);
   const auto bu = optional_tensor_arg("budgets", budgets, kBudgets);
   impl::PruneOutputs out;
   {
     py::gil_scoped_release no_gil;
-    out = impl::adaptive_prune(t, s, e, c, k, q, lo, hi, sd, om, bu);
+    out = impl::adaptive_prune(t, s, a.energy, a.center, a.sketch_size, a.power_iters, a.min_tokens,
+                               a.max_tokens, a.seed, om, bu);
   }
   return py::cast(out);
 }
@@ -103,18 +120,13 @@ py::tuple spectral_budget(py::handle tokens, py::handle energy, py::handle cente
                           py::handle power_iters, py::handle min_tokens, py::handle max_tokens, py::handle seed,
                           py::handle sketch_matrix) {
   const at::Tensor t = tensor_arg("tokens", tokens, kTokens);
-  const double e = energy_arg(energy);
-  const bool c = bool_arg("center", center);
-  const int64_t k = int_arg("sketch_size", sketch_size);
-  const int64_t q = int_arg("power_iters", power_iters);
-  const int64_t lo = int_arg("min_tokens", min_tokens);
-  const auto hi = optional_int_arg("max_tokens", max_tokens);
-  const int64_t sd = int_arg("seed", seed, kSeedRange);
+  const Scalars a = scalar_args(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed);
   const auto om = optional_tensor_arg("sketch_matrix", sketch_matrix, kSketch);
   impl::BudgetOutputs out;
   {
     py::gil_scoped_release no_gil;
-    out = impl::spectral_budget(t, e, c, k, q, lo, hi, sd, om);
+    out = impl::spectral_budget(t, a.energy, a.center, a.sketch_size, a.power_iters, a.min_tokens, a.max_tokens,
+                                a.seed, om);
   }
   return py::cast(out);
 }
@@ -131,19 +143,14 @@ py::tuple adaptive_prune_ragged(py::handle tokens, py::handle cu_seqlens, py::ha
   const at::Tensor t = tensor_arg("tokens", tokens, kPackedTokens);
   const at::Tensor cu = tensor_arg("cu_seqlens", cu_seqlens, kCuSeqlens);
   const auto s = optional_tensor_arg("scores", scores, kPackedScores);
-  const double e = energy_arg(energy);
-  const bool c = bool_arg("center", center);
-  const int64_t k = int_arg("sketch_size", sketch_size);
-  const int64_t q = int_arg("power_iters", power_iters);
-  const int64_t lo = int_arg("min_tokens", min_tokens);
-  const auto hi = optional_int_arg("max_tokens", max_tokens);
-  const int64_t sd = int_arg("seed", seed, kSeedRange);
+  const Scalars a = scalar_args(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed);
   const auto om = optional_tensor_arg("sketch_matrix", sketch_matrix, kRaggedSketch);
   const auto bu = optional_tensor_arg("budgets", budgets, kBudgets);
   impl::PruneOutputs out;
   {
     py::gil_scoped_release no_gil;
-    out = impl::adaptive_prune_ragged(t, cu, s, e, c, k, q, lo, hi, sd, om, bu);
+    out = impl::adaptive_prune_ragged(t, cu, s, a.energy, a.center, a.sketch_size, a.power_iters,
+                                      a.min_tokens, a.max_tokens, a.seed, om, bu);
   }
   return py::cast(out);
 }
@@ -153,18 +160,13 @@ py::tuple spectral_budget_ragged(py::handle tokens, py::handle cu_seqlens, py::h
                                  py::handle max_tokens, py::handle seed, py::handle sketch_matrix) {
   const at::Tensor t = tensor_arg("tokens", tokens, kPackedTokens);
   const at::Tensor cu = tensor_arg("cu_seqlens", cu_seqlens, kCuSeqlens);
-  const double e = energy_arg(energy);
-  const bool c = bool_arg("center", center);
-  const int64_t k = int_arg("sketch_size", sketch_size);
-  const int64_t q = int_arg("power_iters", power_iters);
-  const int64_t lo = int_arg("min_tokens", min_tokens);
-  const auto hi = optional_int_arg("max_tokens", max_tokens);
-  const int64_t sd = int_arg("seed", seed, kSeedRange);
+  const Scalars a = scalar_args(energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed);
   const auto om = optional_tensor_arg("sketch_matrix", sketch_matrix, kRaggedSketch);
   impl::BudgetOutputs out;
   {
     py::gil_scoped_release no_gil;
-    out = impl::spectral_budget_ragged(t, cu, e, c, k, q, lo, hi, sd, om);
+    out = impl::spectral_budget_ragged(t, cu, a.energy, a.center, a.sketch_size, a.power_iters, a.min_tokens,
+                                       a.max_tokens, a.seed, om);
   }
   return py::cast(out);
 }
