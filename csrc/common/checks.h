@@ -94,6 +94,28 @@ inline void check_scalars(double energy, int64_t sketch_size, int64_t power_iter
   TORCH_CHECK_VALUE(seed >= 0, "seed: expected an int in [0, 2**63 - 1], got ", seed);
 }
 
+// The checks that dense and ragged configurations share, after l and the resolved max_tokens m:
+// min_tokens against m and the sketch (given: dtype, shape (D, l), device; generated: int32 offsets).
+// ``sketch_shape`` completes the expected-shape message, e.g. ") = (D, min(sketch_size, N, D))".
+inline Config finish_config(const at::Tensor& tokens, double energy, bool center, int64_t d, int64_t l,
+                            int64_t power_iters, int64_t min_tokens, int64_t m, int64_t seed,
+                            const c10::optional<at::Tensor>& sketch_matrix, const char* sketch_shape) {
+  TORCH_CHECK_VALUE(min_tokens <= m, "min_tokens: expected at most max_tokens = ", m, ", got ", min_tokens);
+  if (sketch_matrix.has_value()) {
+    const at::Tensor& s = *sketch_matrix;
+    TORCH_CHECK_TYPE(is_float_dtype(s.scalar_type()), "sketch_matrix: expected a floating dtype, got ",
+                     s.scalar_type());
+    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == d && s.size(1) == l, "sketch_matrix: expected shape (", d,
+                      ", ", l, sketch_shape, ", got ", describe(s));
+    TORCH_CHECK_VALUE(s.device() == tokens.device(), "sketch_matrix: expected device ", tokens.device(),
+                      " (that of tokens), got ", s.device());
+  } else {
+    TORCH_CHECK_VALUE(d * l <= kMaxSketchElements, "sketch_size: D * l must be below 2**31 for the generated ",
+                      "sketch, got D=", d, ", l=", l, "; pass a smaller sketch_size or an explicit sketch_matrix");
+  }
+  return Config{energy, center, l, power_iters, min_tokens, m, static_cast<uint64_t>(seed)};
+}
+
 // Checks the scalars and the optional sketch against tokens (already checked) and resolves l and the
 // default max_tokens, as make_config does.
 inline Config make_config(const at::Tensor& tokens, double energy, bool center, int64_t sketch_size,
@@ -108,20 +130,8 @@ inline Config make_config(const at::Tensor& tokens, double energy, bool center, 
     TORCH_CHECK_VALUE(m >= 1, "max_tokens: expected an int >= 1, got ", m);
     TORCH_CHECK_VALUE(m <= n, "max_tokens: expected at most N = ", n, " (tokens per image), got ", m);
   }
-  TORCH_CHECK_VALUE(min_tokens <= m, "min_tokens: expected at most max_tokens = ", m, ", got ", min_tokens);
-  if (sketch_matrix.has_value()) {
-    const at::Tensor& s = *sketch_matrix;
-    TORCH_CHECK_TYPE(is_float_dtype(s.scalar_type()), "sketch_matrix: expected a floating dtype, got ",
-                     s.scalar_type());
-    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == d && s.size(1) == l, "sketch_matrix: expected shape (", d,
-                      ", ", l, ") = (D, min(sketch_size, N, D)), got ", describe(s));
-    TORCH_CHECK_VALUE(s.device() == tokens.device(), "sketch_matrix: expected device ", tokens.device(),
-                      " (that of tokens), got ", s.device());
-  } else {
-    TORCH_CHECK_VALUE(d * l <= kMaxSketchElements, "sketch_size: D * l must be below 2**31 for the generated ",
-                      "sketch, got D=", d, ", l=", l, "; pass a smaller sketch_size or an explicit sketch_matrix");
-  }
-  return Config{energy, center, l, power_iters, min_tokens, m, static_cast<uint64_t>(seed)};
+  return finish_config(tokens, energy, center, d, l, power_iters, min_tokens, m, seed, sketch_matrix,
+                       ") = (D, min(sketch_size, N, D))");
 }
 
 // ---- ragged input: packed tokens [T, D] with cu_seqlens [B + 1] ------------------------------------
@@ -192,20 +202,8 @@ inline Config make_ragged_config(const at::Tensor& tokens, double energy, bool c
     m = *max_tokens;
     TORCH_CHECK_VALUE(m >= 1, "max_tokens: expected an int >= 1, got ", m);
   }
-  TORCH_CHECK_VALUE(min_tokens <= m, "min_tokens: expected at most max_tokens = ", m, ", got ", min_tokens);
-  if (sketch_matrix.has_value()) {
-    const at::Tensor& s = *sketch_matrix;
-    TORCH_CHECK_TYPE(is_float_dtype(s.scalar_type()), "sketch_matrix: expected a floating dtype, got ",
-                     s.scalar_type());
-    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == d && s.size(1) == l, "sketch_matrix: expected shape (", d,
-                      ", ", l, ") = (D, min(sketch_size, D)) for ragged input, got ", describe(s));
-    TORCH_CHECK_VALUE(s.device() == tokens.device(), "sketch_matrix: expected device ", tokens.device(),
-                      " (that of tokens), got ", s.device());
-  } else {
-    TORCH_CHECK_VALUE(d * l <= kMaxSketchElements, "sketch_size: D * l must be below 2**31 for the generated ",
-                      "sketch, got D=", d, ", l=", l, "; pass a smaller sketch_size or an explicit sketch_matrix");
-  }
-  return Config{energy, center, l, power_iters, min_tokens, m, static_cast<uint64_t>(seed)};
+  return finish_config(tokens, energy, center, d, l, power_iters, min_tokens, m, seed, sketch_matrix,
+                       ") = (D, min(sketch_size, D)) for ragged input");
 }
 
 // Image i's own configuration inside a ragged call of batch-wide widths cfg (reference.image_config).
