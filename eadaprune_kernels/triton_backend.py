@@ -7,12 +7,16 @@ scores, selection with ties to the lower index and the padded gather. One progra
 ``torch.empty``; the launcher reads no tensor data (no host synchronisation, CUDA-graph capturable).
 
 On CPU tensors the backend runs only under the Triton interpreter: ``TRITON_INTERPRET=1`` must be
-set before :mod:`triton` is first imported (the interpreter computes ``tl.dot`` in full fp32).
+set before :mod:`triton` is first imported. The interpreter is not the GPU (it computes ``tl.dot`` in
+full fp32 and mishandles bf16): see :mod:`eadaprune_kernels.triton_interpreter`, whose bf16 fix is
+installed before every interpreted launch and whose sm_90 emulation the tests run under.
 
-Dtypes: tokens float16 / bfloat16 / float32 are loaded and converted to fp32 in registers; float64
-tokens are scaled by their power of two in fp64 inside the kernel and then rounded to fp32, so the
-spectrum is computed in fp32 for every dtype (the gathered tokens are copied bit-exactly in the
-input dtype). float64 scores are compared in fp64, other scores in fp32.
+Dtypes: the spectrum is computed in fp32 for every dtype; the gathered tokens are copied bit-exactly
+in the input dtype; float64 scores are compared in fp64, other scores in fp32. The products with X
+(:func:`kernel_settings`): float16 / bfloat16 tokens stay exact in their dtype and the fp32 operand
+is split into 16-bit parts (the mean enters as a rank-1 correction); float32 tokens, and float64
+tokens scaled by their power of two in fp64 and rounded, are centred in fp32 registers and multiplied
+in 3xTF32. Never plain TF32, which truncates fp32 operands on sm_90 (every sigma ~7e-4 low).
 
 Workspace (``torch.empty``, fp32, per image): Q [N, LP], W [D, LP] (first holds the generated
 sketch), mu [D], leverage [N], with LP = max(16, next_pow2(l)). Per call that is
@@ -41,7 +45,9 @@ Numerics (why these choices):
   than sqrt(eig_j): the eigenvalues of an fp32 Gram carry an absolute error u sigma_1^2, which
   would put a sqrt(u) sigma_1 ~ 2.4e-4 sigma_1 floor under small singular values.
 * The budget uses sigma^2 in the descending order of sigma (rank by counting, ties to the lower
-  column) and the exact centred energy accumulated as sum (x - mu)^2 after the mean is known.
+  column) and the exact centred energy accumulated as sum (x - mu)^2 after the mean is known, its
+  tile sums added in fp64 (as the sum of sigma_j^2): the kernel's shortfall of an exactly spanned
+  energy is the CholeskyQR shift (~CHOL_SHIFT) plus ~1e-6 of rounding, well inside ENERGY_SLACK.
 
 Cost per image (one program): the tokens are read 2q + 5 times (max scan, mean, centred energy, the
 1 + 2q + 1 products) plus the kept rows; Omega costs D * LP Philox draws; each of the 1 + 2q
@@ -49,8 +55,9 @@ orthonormalisations is 3 x (read R x LP twice, write once, and an LP-step in-reg
 inverse of O(LP^2) per step), R = N or D; Jacobi is at most MAX_SWEEPS sweeps of LP - 1 rounds of
 O(LP^2) register work; the selection is O(N^2) comparisons (8.3 M at N = 2880). The l x l work is
 what grows fastest: LP = 256 holds several 256 x 256 fp32 matrices per program and spills
-registers (correct, slow). Not measured on a GPU yet (bench/bench_triton.py). Under the interpreter
-(2 CPU cores): ~0.3 s per image at N=64, D=96, l=16, q=1 and ~4 s at N=200, D=130, l=32, q=2.
+registers (correct, slow). Not measured on a GPU yet (tools/gpu_check.sh). Under the interpreter
+with the sm_90 emulation (2 shared CPU cores): ~0.5 s per image at N=64, D=96, l=16, q=2, ~45-65 s at
+N=576, D=1024, l=128, q=2.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ import torch
 from ._validation import PipelineConfig
 from .reference import ENERGY_SLACK, FLAT_RTOL
 from .results import BudgetResult, PruneResult
+from .triton_interpreter import install_bf16_dot_fix
 
 __all__ = ["NAME", "SUPPORTS_RAGGED", "adaptive_prune", "spectral_budget", "adaptive_prune_ragged",
            "spectral_budget_ragged"]
@@ -140,6 +148,141 @@ def _load_x(x_img, sxn, sxd, mu_img, n0, d0, N, D, inv, bad,
 
 
 @triton.jit
+def _x_operand(x_img, sxn, sxd, mu_img, n0, d0, N, D, inv, bad,
+               CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
+               BN: tl.constexpr, BD: tl.constexpr):
+    """Tile [BN, BD] of X as the big products take it; zero outside N x D or if bad.
+
+    SPLIT16 (float16 / bfloat16 tokens): the tile in its own dtype, exact, un-centred (the products
+    subtract the mean as a rank-1 correction); bfloat16 is pre-scaled by the power of two (exact:
+    bf16 has fp32's exponent range), float16 is not (its values cannot overflow an fp32 product,
+    while scaling could push small ones into fp16 subnormals: the products are scaled instead).
+    Otherwise the scaled, centred fp32 tile of :func:`_load_x`.
+    """
+    if SPLIT16:
+        o_n = n0 + tl.arange(0, BN)
+        o_d = d0 + tl.arange(0, BD)
+        m_x = (o_n[:, None] < N) & (o_d[None, :] < D)
+        b_x = tl.load(x_img + o_n[:, None] * sxn + o_d[None, :] * sxd, mask=m_x, other=0.0)
+        if PRESCALE16:
+            b_x = (b_x.to(tl.float32) * inv).to(b_x.dtype)
+        return tl.where(m_x & (bad == 0), b_x, tl.zeros_like(b_x))
+    else:
+        return _load_x(x_img, sxn, sxd, mu_img, n0, d0, N, D, inv, bad, CENTER, IS_F64, BN, BD)
+
+
+@triton.jit
+def _round_to_bf16(v):
+    """fp32 v rounded to the nearest bfloat16 (ties to even), still as fp32 (finite v).
+
+    Done on the bits so that the result is the same on the GPU and in the interpreter, whose
+    fp32 -> bf16 cast truncates (triton 3.6 / 3.8): a truncated split would bias every product low.
+    The cast of the result to bf16 is then exact.
+    """
+    bits = v.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot_x(b_x, b_f, acc, SPLIT16: tl.constexpr, PARTS: tl.constexpr, XPREC: tl.constexpr):
+    """acc + b_x @ b_f for a tile of X (or its transpose) and an fp32 tile (Omega, Q or W).
+
+    SPLIT16: b_x is exact in float16 / bfloat16 and b_f is split into PARTS (2 or 3) parts of that
+    dtype, each rounded to nearest (hi = round(b_f), lo = round(b_f - hi), ...): PARTS 16-bit MMAs
+    with exact products and fp32 sums. Two parts leave b_f's residual at ~2^-17 (bf16) / 2^-22 (fp16)
+    of |b_f|, unbiased: enough for the range finder, whose errors reach the spectrum only at second
+    order. The product that gives the spectrum, Z = X_c^T Q, takes three (~2^-25): its error enters
+    sigma_j^2 at first order (~2^-17 / sqrt(N) of E with two bf16 parts, above the energy slack for
+    small N). Plain TF32 would truncate every operand toward zero, biasing sigma low by up to 2^-10.
+    Otherwise XPREC ("tf32x3": Triton's 3xTF32 split, about fp32 accuracy) on fp32 tiles.
+    """
+    if SPLIT16:
+        rest = b_f
+        for _ in tl.static_range(PARTS):
+            if b_x.dtype == tl.bfloat16:
+                part = _round_to_bf16(rest)
+            else:
+                part = rest.to(tl.float16).to(tl.float32)
+            acc = tl.dot(b_x, part.to(b_x.dtype), acc)
+            rest = rest - part
+    else:
+        acc = tl.dot(b_x, b_f, acc, input_precision=XPREC)
+    return acc
+
+
+@triton.jit
+def _x_times(x_img, sxn, sxd, mu_img, n_img, D, inv, bad, out_scale, src, s_src_d, s_src_l, l_img, dst,
+             CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
+             XPREC: tl.constexpr, LP: tl.constexpr, BT: tl.constexpr):
+    """dst [N, LP] (fp32, contiguous) = X_c @ src[:, :l_img] for src [D, >= l_img] (Omega or W).
+
+    SPLIT16 computes out_scale * (X src) - 1 (mu^T src): X stays exact and un-centred, the rank-1
+    correction is an fp32 sum on the CUDA cores.
+    """
+    o_t = tl.arange(0, BT)
+    o_l = tl.arange(0, LP)
+    CORRECT: tl.constexpr = SPLIT16 and CENTER
+    if CORRECT:
+        mu_src = tl.zeros([LP], dtype=tl.float32)  # mu^T src
+        for d0 in range(0, D, BT):
+            o_d = d0 + o_t
+            b_s = tl.load(src + o_d[:, None] * s_src_d + o_l[None, :] * s_src_l,
+                          mask=(o_d[:, None] < D) & (o_l[None, :] < l_img), other=0.0).to(tl.float32)
+            b_mu = tl.load(mu_img + o_d, mask=o_d < D, other=0.0)
+            mu_src += tl.sum(b_mu[:, None] * b_s, 0)
+    for n0 in range(0, n_img, BT):
+        acc = tl.zeros([BT, LP], dtype=tl.float32)
+        for d0 in range(0, D, BT):
+            b_x = _x_operand(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad,
+                             CENTER, IS_F64, SPLIT16, PRESCALE16, BT, BT)
+            o_d = d0 + o_t
+            b_s = tl.load(src + o_d[:, None] * s_src_d + o_l[None, :] * s_src_l,
+                          mask=(o_d[:, None] < D) & (o_l[None, :] < l_img), other=0.0).to(tl.float32)
+            acc = _dot_x(b_x, b_s, acc, SPLIT16, 2, XPREC)
+        acc = acc * out_scale
+        if CORRECT:
+            acc = acc - mu_src[None, :]
+        tl.store(dst + (n0 + o_t)[:, None] * LP + o_l[None, :], acc, mask=(n0 + o_t)[:, None] < n_img)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _xt_times(x_img, sxn, sxd, mu_img, n_img, D, inv, bad, out_scale, q, dst,
+              CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
+              PARTS: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr, LP: tl.constexpr, BT: tl.constexpr):
+    """dst [D, LP] (fp32, contiguous) = X_c^T @ q for q [N, LP]; returns H = dst^T dst [LP, LP].
+
+    SPLIT16 computes out_scale * (X^T q) - mu (1^T q); see :func:`_dot_x` for PARTS.
+    """
+    o_t = tl.arange(0, BT)
+    o_l = tl.arange(0, LP)
+    CORRECT: tl.constexpr = SPLIT16 and CENTER
+    if CORRECT:
+        q_sum = tl.zeros([LP], dtype=tl.float32)  # 1^T q
+        for n0 in range(0, n_img, BT):
+            b_q = tl.load(q + (n0 + o_t)[:, None] * LP + o_l[None, :], mask=(n0 + o_t)[:, None] < n_img, other=0.0)
+            q_sum += tl.sum(b_q, 0)
+    H = tl.zeros([LP, LP], dtype=tl.float32)
+    for d0 in range(0, D, BT):
+        acc = tl.zeros([BT, LP], dtype=tl.float32)
+        for n0 in range(0, n_img, BT):
+            b_x = _x_operand(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad,
+                             CENTER, IS_F64, SPLIT16, PRESCALE16, BT, BT)
+            b_q = tl.load(q + (n0 + o_t)[:, None] * LP + o_l[None, :], mask=(n0 + o_t)[:, None] < n_img, other=0.0)
+            acc = _dot_x(tl.trans(b_x), b_q, acc, SPLIT16, PARTS, XPREC)
+        acc = acc * out_scale
+        if CORRECT:
+            o_d = d0 + o_t
+            b_mu = tl.load(mu_img + o_d, mask=o_d < D, other=0.0)
+            acc = acc - b_mu[:, None] * q_sum[None, :]
+        tl.store(dst + (d0 + o_t)[:, None] * LP + o_l[None, :], acc, mask=(d0 + o_t)[:, None] < D)
+        H += tl.dot(tl.trans(acc), acc, input_precision=SPREC)
+    tl.debug_barrier()
+    return H
+
+
+@triton.jit
 def _chol_inverse(G, shift, LP: tl.constexpr):
     """M = L^-1 with L L^T = G + shift I (pivots floored at shift): Q <- Y M^T is one CholeskyQR pass.
 
@@ -169,8 +312,14 @@ def _orthonormalise(ws, R, LP: tl.constexpr, BR: tl.constexpr, SPREC: tl.constex
     """Shifted CholeskyQR3, in place, on the contiguous fp32 matrix ws [R, LP] (R runtime rows).
 
     Each pass recomputes the Gram of the current matrix (so rounding in the previous pass is
-    corrected, unlike one Cholesky of the first Gram), shifts it by CHOL_SHIFT * max diag and
-    applies M^T = L^-T tile by tile.
+    corrected, unlike one Cholesky of the first Gram), shifts it by s = CHOL_SHIFT * max diag
+    (pivots floored at s) and applies M^T = L^-T tile by tile. Every pass needs the shift: the
+    columns of a rank-deficient input (l > rank, padded columns) stay numerically dependent after the
+    first two passes, and an unshifted Cholesky of their Gram (eigenvalues down to -u ||G||) grows
+    without bound (seen under the sm_90 emulation with bf16 tokens). The price is the contraction
+    Q^T Q = I - s L^-1 L^-T: a column of norm ~1 ends with squared norm ~1 - CHOL_SHIFT, so the
+    energy captured by an exactly spanned image falls short of E by ~CHOL_SHIFT relative, which the
+    energy slack covers (contract.ENERGY_SLACK).
     """
     o_1 = tl.arange(0, LP)
     o_b = tl.arange(0, BR)
@@ -254,7 +403,8 @@ def _eadaprune_kernel(
     N, D, L, M, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     LP: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
-    XPREC: tl.constexpr, SPREC: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+    SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
+    MAX_SWEEPS: tl.constexpr,
     HAS_SKETCH: tl.constexpr, HAS_SCORES: tl.constexpr, HAS_BUDGETS: tl.constexpr, RAGGED: tl.constexpr,
 ):
     """One program per image b: E-AdaPrune steps 1-9 of reference.py, see the module docstring.
@@ -335,8 +485,10 @@ def _eadaprune_kernel(
     inv, scale = _pow2_inverse_scale(tl.max(tl.max(amax, 1), 0), IS_F64)
 
     # ---- B: mean, exact centred energy --------------------------------------------------------
-    raw = 0.0
-    energy = 0.0
+    # Tile sums (<= BT * BT terms, tree-reduced) are added in fp64: a long fp32 running sum over
+    # N * D / BT^2 tiles would put ~sqrt(tiles) * u of error into E, the threshold's denominator.
+    raw = tl.cast(0.0, tl.float64)
+    energy = tl.cast(0.0, tl.float64)
     for d0 in range(0, D, BT):
         o_d = d0 + o_t
         colsum = tl.zeros([BT], dtype=tl.float32)
@@ -348,15 +500,16 @@ def _eadaprune_kernel(
             tl.store(mu_img + o_d, b_mu, mask=o_d < D)
         for n0 in range(0, n_img, BT):
             b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, False, IS_F64, BT, BT)
-            raw += tl.sum(tl.sum(b_x * b_x, 1), 0)
+            raw += tl.sum(tl.sum(b_x * b_x, 1), 0).to(tl.float64)
             if CENTER:
                 m_n = (n0 + o_t) < n_img
                 b_c = tl.where(m_n[:, None], b_x - b_mu[None, :], 0.0)
-                energy += tl.sum(tl.sum(b_c * b_c, 1), 0)
+                energy += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)
     if not CENTER:
         energy = raw
     tl.debug_barrier()  # mu visible to every thread of the program
     flat = energy <= FLAT_RTOL * raw
+    energy = energy.to(tl.float32)
 
     # ---- C: sketch and range finder -----------------------------------------------------------
     if not HAS_SKETCH:  # OM is w_img's buffer: fill this image's copy of Omega
@@ -374,53 +527,33 @@ def _eadaprune_kernel(
         om_img = OM
         som_d_ = som_d
         som_l_ = som_l
-    for n0 in range(0, n_img, BT):
-        acc = tl.zeros([BT, LP], dtype=tl.float32)
-        for d0 in range(0, D, BT):
-            b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, CENTER, IS_F64, BT, BT)
-            o_d = d0 + o_t
-            b_om = tl.load(om_img + o_d[:, None] * som_d_ + o_l[None, :] * som_l_,
-                           mask=(o_d[:, None] < D) & (o_l[None, :] < l_img), other=0.0).to(tl.float32)
-            acc += tl.dot(b_x, b_om, input_precision=XPREC)
-        tl.store(q_img + (n0 + o_t)[:, None] * LP + o_l[None, :], acc, mask=(n0 + o_t)[:, None] < n_img)
-    tl.debug_barrier()
+    # float16 products use the unscaled tokens (see _x_operand): their results are scaled instead.
+    if SPLIT16 and not PRESCALE16:
+        out_scale = inv
+    else:
+        out_scale = 1.0
+    _x_times(x_img, sxn, sxd, mu_img, n_img, D, inv, bad, out_scale, om_img, som_d_, som_l_, l_img, q_img,
+             CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, BT)
     _orthonormalise(q_img, n_img, LP, BT, SPREC)
 
     # ---- D: power iterations; E: Z = X_c^T Q with H = Z^T Z -----------------------------------
-    H = tl.zeros([LP, LP], dtype=tl.float32)
-    for it in range(POWER_ITERS + 1):
-        for d0 in range(0, D, BT):
-            acc = tl.zeros([BT, LP], dtype=tl.float32)
-            for n0 in range(0, n_img, BT):
-                b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, CENTER, IS_F64, BT, BT)
-                b_q = tl.load(q_img + (n0 + o_t)[:, None] * LP + o_l[None, :],
-                              mask=(n0 + o_t)[:, None] < n_img, other=0.0)
-                acc += tl.dot(tl.trans(b_x), b_q, input_precision=XPREC)
-            tl.store(w_img + (d0 + o_t)[:, None] * LP + o_l[None, :], acc, mask=(d0 + o_t)[:, None] < D)
-            if it == POWER_ITERS:
-                H += tl.dot(tl.trans(acc), acc, input_precision=SPREC)
-        tl.debug_barrier()
-        if it < POWER_ITERS:
-            _orthonormalise(w_img, D, LP, BT, SPREC)
-            for n0 in range(0, n_img, BT):
-                acc = tl.zeros([BT, LP], dtype=tl.float32)
-                for d0 in range(0, D, BT):
-                    b_x = _load_x(x_img, sxn, sxd, mu_img, n0, d0, n_img, D, inv, bad, CENTER, IS_F64, BT, BT)
-                    b_w = tl.load(w_img + (d0 + o_t)[:, None] * LP + o_l[None, :],
-                                  mask=(d0 + o_t)[:, None] < D, other=0.0)
-                    acc += tl.dot(b_x, b_w, input_precision=XPREC)
-                tl.store(q_img + (n0 + o_t)[:, None] * LP + o_l[None, :], acc,
-                         mask=(n0 + o_t)[:, None] < n_img)
-            tl.debug_barrier()
-            _orthonormalise(q_img, n_img, LP, BT, SPREC)
+    for it in range(POWER_ITERS):
+        _xt_times(x_img, sxn, sxd, mu_img, n_img, D, inv, bad, out_scale, q_img, w_img,
+                  CENTER, IS_F64, SPLIT16, PRESCALE16, 2, XPREC, SPREC, LP, BT)
+        _orthonormalise(w_img, D, LP, BT, SPREC)
+        _x_times(x_img, sxn, sxd, mu_img, n_img, D, inv, bad, out_scale, w_img, LP, 1, l_img, q_img,
+                 CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, BT)
+        _orthonormalise(q_img, n_img, LP, BT, SPREC)
+    H = _xt_times(x_img, sxn, sxd, mu_img, n_img, D, inv, bad, out_scale, q_img, w_img,
+                  CENTER, IS_F64, SPLIT16, PRESCALE16, 3, XPREC, SPREC, LP, BT)
 
     V = _jacobi_eigh(H, LP, MAX_SWEEPS)
-    sig2 = tl.zeros([LP], dtype=tl.float32)
+    sig2 = tl.zeros([LP], dtype=tl.float64)  # fp64 sum of the tile sums, as E
     for d0 in range(0, D, BT):
         b_z = tl.load(w_img + (d0 + o_t)[:, None] * LP + o_l[None, :], mask=(d0 + o_t)[:, None] < D, other=0.0)
         b_zv = tl.dot(b_z, V, input_precision=SPREC)  # [BT, LP]
-        sig2 += tl.sum(b_zv * b_zv, 0)
-    sig2 = tl.where((o_l < l_img) & (flat == 0), sig2, 0.0)
+        sig2 += tl.sum(b_zv * b_zv, 0).to(tl.float64)
+    sig2 = tl.where((o_l < l_img) & (flat == 0), sig2.to(tl.float32), 0.0)
 
     # ---- F: order, cumulative energy, budget ---------------------------------------------------
     # Columns past l_img rank last (key -1, ties by index): ranks [l_img, L) hold sigma = 0.
@@ -530,6 +663,25 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
+def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
+    """The compile-time settings of a launch for tokens of ``dtype`` and l = ``sketch_size``: tile
+    sizes, warps and the arithmetic of every product (also used by tools/aot_compile_triton.py).
+
+    Products with X: float16 / bfloat16 tokens stay exact and the fp32 operand is split into two
+    16-bit parts (SPLIT16, two 16-bit MMAs); float32 / float64 tokens are centred in fp32 and
+    multiplied in 3xTF32 (XPREC). The l x l work (Grams, L^-T, Z V, U = Q V) is 3xTF32 (SPREC).
+    Never plain TF32: sm_90 truncates TF32 operands toward zero, which puts every singular value
+    ~7e-4 low (tests/test_triton_numerics.py shows it under the GPU emulation).
+    """
+    lp = max(16, _next_pow2(sketch_size))
+    sixteen_bit = dtype in (torch.float16, torch.bfloat16)
+    return dict(
+        LP=lp, BT=max(16, min(64, 4096 // lp)), BS=64,
+        SPLIT16=sixteen_bit, PRESCALE16=dtype == torch.bfloat16, XPREC="tf32x3", SPREC="tf32x3",
+        MAX_SWEEPS=MAX_SWEEPS, num_warps=4 if lp <= 32 else (8 if lp <= 64 else 16),
+    )
+
+
 def _interpreting() -> bool:
     return type(_eadaprune_kernel).__name__ == "InterpretedFunction" or (
         hasattr(_eadaprune_kernel, "fn") and type(_eadaprune_kernel.fn).__name__ == "InterpretedFunction"
@@ -565,10 +717,8 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
         rows = (n,)  # Q and leverage scratch rows: the packed rows of every image
         x_strides = (0, *tokens.stride())
     l, m = cfg.sketch_size, cfg.max_tokens
-    lp = max(16, _next_pow2(l))
-    bt = max(16, min(64, 4096 // lp))
-    num_warps = 4 if lp <= 32 else (8 if lp <= 64 else 16)
-    sixteen_bit = tokens.dtype in (torch.float16, torch.bfloat16)
+    settings = kernel_settings(tokens.dtype, l)
+    lp = settings["LP"]
 
     q_ws = torch.empty(*rows, lp, device=dev, dtype=torch.float32)
     w_ws = torch.empty(batch, d, lp, device=dev, dtype=torch.float32)
@@ -601,7 +751,10 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
 
     # The interpreter swaps module-level hooks while it runs a kernel: it is not thread-safe, so
     # interpreted launches are serialised (compiled GPU launches are not affected).
-    with _INTERPRETER_LOCK if _interpreting() else contextlib.nullcontext():
+    interpreting = _interpreting()
+    if interpreting:  # the interpreter multiplies bf16 bit patterns in tl.dot unless told otherwise
+        install_bf16_dot_fix()
+    with _INTERPRETER_LOCK if interpreting else contextlib.nullcontext():
         _eadaprune_kernel[(batch,)](
             tokens, *x_strides,
             cu_seqlens,
@@ -612,11 +765,9 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
             budgets_in,
             out_tokens, *out_tokens.stride(), out_indices, out_mask.view(torch.uint8),
             n, d, l, m, cfg.power_iters, cfg.seed, cfg.min_tokens, cfg.energy - ENERGY_SLACK, FLAT_RTOL,
-            LP=lp, BT=bt, BS=64,
             CENTER=cfg.center, IS_F64=tokens.dtype == torch.float64,
             SC_F64=scores is not None and scores.dtype == torch.float64, SELECT=select,
-            XPREC="tf32" if sixteen_bit else "tf32x3", SPREC="tf32x3", MAX_SWEEPS=MAX_SWEEPS,
-            num_warps=num_warps,
+            **settings,
         )
     return sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask
 

@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ.pop("TRITON_INTERPRET", None)  # compile, do not interpret
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -31,6 +32,7 @@ POINTERS = ("X", "CU", "SC", "OM", "QWS", "WWS", "MUWS", "LEVWS", "SIG", "ENERGY
             "OTOK", "OIDX", "OMASK")
 INT32 = ("sxb", "sxn", "sxd", "scb", "scn", "som_d", "som_l", "sotb", "sotm", "sotd", "N", "D", "L", "M",
          "POWER_ITERS", "MIN_TOKENS")
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 DEFAULTS = [
     dict(dtype="bf16", lp=16, scores=True),
     dict(dtype="fp16", lp=128),
@@ -57,13 +59,13 @@ def _signature(params, dtype, lp, scores, sketch, budgets, ragged):
             signature[name] = "fp32"
         else:
             signature[name] = "constexpr"
-    sixteen = dtype in ("fp16", "bf16")
+    settings = triton_backend.kernel_settings(TORCH_DTYPES[dtype], lp)  # the launcher's own settings
+    num_warps = settings.pop("num_warps")
     constants.update(
-        LP=lp, BT=max(16, min(64, 4096 // lp)), BS=64, CENTER=True, IS_F64=dtype == "fp64", SC_F64=False,
-        SELECT=True, XPREC="tf32" if sixteen else "tf32x3", SPREC="tf32x3", MAX_SWEEPS=triton_backend.MAX_SWEEPS,
-        HAS_SKETCH=sketch, HAS_SCORES=scores, HAS_BUDGETS=budgets, RAGGED=ragged,
+        CENTER=True, IS_F64=dtype == "fp64", SC_F64=False, SELECT=True,
+        HAS_SKETCH=sketch, HAS_SCORES=scores, HAS_BUDGETS=budgets, RAGGED=ragged, **settings,
     )
-    return signature, constants
+    return signature, constants, num_warps
 
 
 def compile_config(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False, arch=90):
@@ -71,8 +73,7 @@ def compile_config(dtype="fp16", lp=128, scores=False, sketch=False, budgets=Fal
     kernel = triton_backend._eadaprune_kernel
     jit = getattr(kernel, "fn", kernel)  # under @triton.heuristics
     params = [p.name for p in jit.params]
-    signature, constants = _signature(params, dtype, lp, scores, sketch, budgets, ragged)
-    num_warps = 4 if lp <= 32 else (8 if lp <= 64 else 16)  # as triton_backend._launch
+    signature, constants, num_warps = _signature(params, dtype, lp, scores, sketch, budgets, ragged)
     source = ASTSource(fn=jit, signature=signature,
                        constexprs={(params.index(k),): v for k, v in constants.items()})
     config = dict(dtype=dtype, lp=lp, scores=scores, sketch=sketch, budgets=budgets, ragged=ragged,

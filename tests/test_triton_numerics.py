@@ -1,0 +1,259 @@
+"""The fused Triton kernel computes the right answer with the arithmetic of an sm_90 GPU.
+
+The interpreter computes every tl.dot in full fp32; an H100/H200 truncates TF32 operands. On CPU
+machines tests/conftest.py runs every test under :func:`eadaprune_kernels.triton_interpreter.
+emulate_sm90_dot`, so these tests see what the GPU computes:
+
+* the emulation itself (TF32 truncation, Triton's 3xTF32 split, exact 16-bit products, bf16 casts);
+* the emulation catches plain TF32 products on a bf16 image (the kernel's former precision), which
+  the plain interpreter cannot;
+* exact low-rank images at energy=1.0 get their rank, decaying spectra with an energy gap >= 1e-3 get
+  exact SVD's budget, and the sketched singular values are within 1e-4 of sigma_1 of the reference's,
+  for every input dtype;
+* production shapes (N=576, D=1024, l=128, q=2, bf16 and fp32) and a ragged batch with an N=2880
+  image against the reference (marked slow: about a minute each on a 2-core CPU; CI runs them).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from eadaprune_kernels import adaptive_prune, reference  # noqa: E402
+from eadaprune_kernels import triton_backend as tb  # noqa: E402
+from eadaprune_kernels._validation import make_config  # noqa: E402
+from eadaprune_kernels.triton_interpreter import (  # noqa: E402
+    emulate_sm90_dot, round_fp32_to_bf16_bits, round_to_tf32, sm90_dot, truncate_to_tf32)
+
+from helpers import knife_edge, matrix_with_spectrum  # noqa: E402
+
+INTERPRETED = tb._interpreting()
+cpu_interp = pytest.mark.skipif(not INTERPRETED, reason="needs the Triton interpreter (a machine without CUDA)")
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+DTYPE_IDS = ["bf16", "fp16", "fp32"]
+
+
+def _cfg(x, **kw):
+    args = dict(energy=1.0, center=True, sketch_size=16, power_iters=2, min_tokens=1, max_tokens=None,
+                seed=3, sketch_matrix=None)
+    args.update(kw)
+    return make_config(x, **args)
+
+
+def _integer_low_rank(batch, n, d, rank, seed, dtype, mean=8):
+    """[B, N, D] of exact rank <= rank after centring, every entry a small integer (exact in bf16/fp16)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randint(-3, 4, (batch, n, rank), generator=g, dtype=torch.float64)
+    v = torch.randint(-3, 4, (batch, rank, d), generator=g, dtype=torch.float64)
+    x = u @ v + torch.randint(-mean, mean + 1, (batch, 1, d), generator=g, dtype=torch.float64)
+    assert x.abs().max() <= 256  # integers up to 256 are exact in bfloat16
+    return x.to(dtype)
+
+
+def _decaying(batch, n, d, dtype, seed, rate=0.25, rank=None, scale=1.0):
+    """Images with the spectrum scale * exp(-rate j) (before rounding to dtype) and a mean token of
+    N(0, 9) entries. Rounding to bf16 adds noise of ~2^-9 |x| per entry: at N * D ~ 6e5 a ``scale``
+    of ~200 keeps that below 1e-4 of the energy."""
+    g = torch.Generator().manual_seed(seed)
+    rank = rank or min(n - 1, d)
+    s = scale * torch.exp(-rate * torch.arange(rank, dtype=torch.float64))
+    return torch.stack([matrix_with_spectrum(s, n, d, g) for _ in range(batch)]).to(dtype)
+
+
+# ---- the emulation ----------------------------------------------------------------------------
+
+
+def test_truncate_to_tf32_drops_the_low_13_bits_toward_zero():
+    x = np.array([1 + 2**-10, 1 + 2**-11, -(1 + 2**-11 + 2**-12), 3.0, 0.0], dtype=np.float32)
+    expected = np.array([1 + 2**-10, 1.0, -1.0, 3.0, 0.0], dtype=np.float32)
+    np.testing.assert_array_equal(truncate_to_tf32(x), expected)
+
+
+def test_round_to_tf32_is_nearest_with_ties_away_from_zero():
+    x = np.array([1 + 2**-11, -(1 + 2**-11), 1 + 2**-12, 1 + 3 * 2**-12, np.inf, -np.inf], dtype=np.float32)
+    expected = np.array([1 + 2**-10, -(1 + 2**-10), 1.0, 1 + 2**-10, np.inf, -np.inf], dtype=np.float32)
+    np.testing.assert_array_equal(round_to_tf32(x), expected)
+    assert np.isnan(round_to_tf32(np.array([np.nan], dtype=np.float32))).all()
+
+
+def test_bf16_rounding_matches_torch():
+    x = torch.randn(50_000) * torch.logspace(-20, 20, 50_000)
+    expected = x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(round_fp32_to_bf16_bits(x.numpy()), expected)
+
+
+def test_sm90_dot_rounds_operands_per_precision():
+    tl = triton.language
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(64, 256, generator=g).numpy() + 0.5  # positive: truncation biases every product low
+    b = torch.rand(256, 32, generator=g).numpy() + 0.5
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    zero = np.zeros((64, 32), dtype=np.float32)
+
+    def rel(precision):
+        got = sm90_dot(a, tl.float32, b, tl.float32, zero, precision).astype(np.float64)
+        return (got - exact) / np.abs(exact)
+
+    tf32 = rel("tf32")
+    assert tf32.max() < 0 and -3e-3 < tf32.mean() < -2e-4, (tf32.min(), tf32.mean())  # biased low
+    assert np.abs(rel("tf32x3")).max() < 1e-6
+    assert np.abs(rel("ieee")).max() < 1e-6
+    # 16-bit operands: exact products, fp32 sums
+    a16, b16 = torch.from_numpy(a).to(torch.bfloat16), torch.from_numpy(b).to(torch.bfloat16)
+    got = sm90_dot(a16.view(torch.int16).numpy().view(np.uint16), tl.bfloat16,
+                   b16.view(torch.int16).numpy().view(np.uint16), tl.bfloat16, zero, "tf32")
+    exact16 = a16.double().numpy() @ b16.double().numpy()
+    assert np.abs(got - exact16).max() / np.abs(exact16).max() < 1e-6
+
+
+@cpu_interp
+def test_every_test_runs_under_the_emulation():
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    if os.environ.get("EADAPRUNE_EMULATE_SM90", "1") == "0":
+        pytest.skip("EADAPRUNE_EMULATE_SM90=0: the plain interpreter was asked for")
+    assert getattr(InterpreterBuilder.create_dot, "emulates_sm90", False)
+
+
+# ---- what the emulation catches -----------------------------------------------------------------
+
+
+@cpu_interp
+def test_plain_tf32_products_fail_under_the_emulation_only(monkeypatch):
+    """The kernel's former choice for 16-bit tokens (centred fp32 X times fp32 operands in plain TF32)
+    loses ~7e-4 of every singular value on sm_90: an exact rank-5 bf16 image at energy=1.0 saturates.
+    The plain interpreter computes it in full fp32 and cannot see it; the shipped settings pass."""
+    x = _integer_low_rank(1, 64, 96, 5, seed=11, dtype=torch.bfloat16)
+    cfg = _cfg(x)
+    ref = reference.spectral_budget(x, cfg)
+    assert int(ref.budgets) == 5
+    shipped = tb.kernel_settings
+
+    def plain_tf32(dtype, sketch_size):
+        return dict(shipped(dtype, sketch_size), SPLIT16=False, PRESCALE16=False, XPREC="tf32")
+
+    with emulate_sm90_dot(True):
+        good = tb.spectral_budget(x, cfg)
+    monkeypatch.setattr(tb, "kernel_settings", plain_tf32)
+    with emulate_sm90_dot(True):
+        wrong = tb.spectral_budget(x, cfg)
+    with emulate_sm90_dot(False):
+        blind = tb.spectral_budget(x, cfg)
+    sigma_1 = ref.singular_values.max()
+    assert int(good.budgets) == 5 and not bool(good.saturated)
+    assert int(blind.budgets) == 5, "the plain interpreter computes plain TF32 in full fp32"
+    assert bool(wrong.saturated) and int(wrong.budgets) == cfg.max_tokens
+    low = (ref.singular_values - wrong.singular_values)[0, :5] / sigma_1
+    assert bool((low > 1e-4).all()), f"TF32 truncation should put sigma low by ~7e-4: {low.tolist()}"
+
+
+# ---- correctness under the emulation --------------------------------------------------------------
+
+
+@cpu_interp
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rank", [1, 3, 8])
+def test_exact_low_rank_images_get_their_rank_at_energy_one(dtype, rank):
+    x = _integer_low_rank(3, 64, 96, rank, seed=rank * 7 + 1, dtype=dtype)
+    cfg = _cfg(x)
+    got = tb.spectral_budget(x, cfg)
+    exact = reference.exact_budget(x, energy=1.0)
+    assert exact.tolist() == [rank] * 3
+    assert got.budgets.tolist() == [rank] * 3, (got.budgets.tolist(), got.saturated.tolist())
+    assert not bool(got.saturated.any())
+
+
+@cpu_interp
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_budgets_equal_exact_svd_where_the_energy_gap_is_at_least_1e_3(dtype):
+    x = _decaying(2, 128, 96, dtype, seed=5)
+    exact_sigma = reference.exact_svdvals(x)  # of the dtype-rounded tokens
+    total = exact_sigma.square().sum(1)
+    cum = torch.cumsum(exact_sigma.square(), 1) / total[:, None]
+    checked = 0
+    for k in (2, 4, 7, 10):  # budgets well inside l = 32 (q = 2 converges there)
+        gap = cum[:, k] - cum[:, k - 1]
+        if not bool((gap >= 1e-3).all()):
+            continue
+        energy = float(((cum[:, k - 1] + cum[:, k]) / 2).min())
+        if not bool(((cum[:, k - 1] < energy) & (energy < cum[:, k])).all()):
+            continue
+        cfg = _cfg(x, energy=energy, sketch_size=32)
+        got = tb.spectral_budget(x, cfg)
+        expected = reference.exact_budget(x, energy=energy)
+        assert torch.equal(got.budgets.long(), expected), (energy, got.budgets.tolist(), expected.tolist())
+        checked += 1
+    assert checked >= 2, "no budget with an energy gap >= 1e-3 was checked"
+
+
+@cpu_interp
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=DTYPE_IDS + ["fp64"])
+def test_sketched_singular_values_within_1e_4_of_the_reference(dtype):
+    x = _decaying(3, 96, 130, dtype, seed=17, rate=0.1)
+    cfg = _cfg(x, energy=0.99, sketch_size=32)
+    got = tb.spectral_budget(x, cfg)
+    ref = reference.spectral_budget(x, cfg)
+    err = ((got.singular_values - ref.singular_values).abs().amax(1) / ref.singular_values.amax(1))
+    assert bool((err <= 1e-4).all()), err.tolist()
+    torch.testing.assert_close(got.total_energy, ref.total_energy, rtol=1e-6, atol=0)
+
+
+# ---- production shapes ------------------------------------------------------------------------------
+
+
+def _assert_matches_reference(got, ref, cfg, what):
+    scale = ref.singular_values.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    err = ((got.singular_values - ref.singular_values).abs() / scale).amax(-1)
+    assert bool((err <= 1e-4).all()), f"{what}: sigma error / sigma_1 = {err.tolist()}"
+    torch.testing.assert_close(got.total_energy, ref.total_energy, rtol=1e-6, atol=0)
+    edge = knife_edge(ref.singular_values.reshape(-1, ref.singular_values.shape[-1]),
+                      ref.total_energy.reshape(-1), cfg.energy, 1e-4)
+    same = (got.lengths.reshape(-1) == ref.lengths.reshape(-1)) | edge
+    assert bool(same.all()), f"{what}: budgets {got.lengths.tolist()} vs reference {ref.lengths.tolist()}"
+    return ~edge
+
+
+@cpu_interp
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_production_shape_576x1024_l128_q2(dtype):
+    """One LLaVA-1.5 image (N=576, D=1024) with the defaults l=128, q=2: leverage selection for bf16,
+    given scores for fp32 (both selection paths at full size)."""
+    x = _decaying(1, 576, 1024, dtype, seed=576, rate=0.06, rank=300, scale=200.0)
+    scores = None if dtype == torch.bfloat16 else torch.randn(1, 576, generator=torch.Generator().manual_seed(1))
+    cfg = _cfg(x, energy=0.95, sketch_size=128, power_iters=2)
+    got = tb.adaptive_prune(x, scores, cfg)
+    ref = reference.adaptive_prune(x, scores, cfg)
+    ok = _assert_matches_reference(got, ref, cfg, f"N=576, D=1024, {dtype}")
+    k = int(got.lengths[0])
+    assert 10 < k < 128 and not bool(got.saturated[0])
+    if scores is not None:
+        assert torch.equal(got.indices[ok], ref.indices[ok]) and torch.equal(got.tokens[ok], ref.tokens[ok])
+    else:  # leverage: the kept tokens are the top-k by the float64 leverage, up to near-ties (1e-4)
+        sigma, energy, flat, u = reference._spectrum(x.double(), cfg, want_vectors=True)
+        k_star = reference.budget_from_spectrum(sigma, energy, flat, cfg)[0]
+        lev = u[0, :, : min(int(k_star[0]), 128)].square().sum(1)
+        cut = torch.sort(lev, descending=True).values[k - 1]
+        kept = got.indices[0, :k]
+        assert bool((lev[kept] >= cut - 1e-4 * lev.max()).all())
+        assert torch.equal(got.tokens[0, :k], x[0, kept])
+
+
+@cpu_interp
+@pytest.mark.slow
+def test_ragged_batch_with_an_n2880_image():
+    """A LLaVA-NeXT-sized view group (N=2880) beside a small image, bf16, in one ragged launch."""
+    images = [_decaying(1, 2880, 64, torch.bfloat16, seed=2880, rate=0.12, scale=200.0)[0],
+              _decaying(1, 300, 64, torch.bfloat16, seed=300, rate=0.3, scale=50.0)[0]]
+    kwargs = dict(energy=0.97, sketch_size=128, power_iters=2, seed=3)
+    got = adaptive_prune(images, backend="triton", **kwargs)
+    ref = adaptive_prune(images, backend="reference", **kwargs)
+    cfg = make_config(torch.cat(images), ragged=True, center=True, min_tokens=1, max_tokens=None,
+                      sketch_matrix=None, **kwargs)
+    _assert_matches_reference(got, ref, cfg, "ragged [2880, 300] x 64")
+    assert got.backend == "triton" and not bool(got.saturated.any()), got.lengths.tolist()
