@@ -47,9 +47,13 @@ def _log(message: str) -> None:
 
 def _native_extensions():
     """(ext_modules, cmdclass) for the native backends."""
+    import torch
     from torch.utils import cpp_extension
 
     debug = _flag("EADAPRUNE_DEBUG")
+    # csrc/common/precision_guard.h picks the float32-precision API of the torch it is built against.
+    torch_minor = int(torch.__version__.split(".")[1]) if torch.__version__.startswith("2.") else 99
+    version_macros = [("EADAPRUNE_TORCH_MINOR", str(torch_minor))]
     host_opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fopenmp: at::parallel_for is inlined from ATen's OpenMP headers into our code.
     cxx_flags = host_opt + ["-fopenmp"]
@@ -59,10 +63,9 @@ def _native_extensions():
             sources=["python_bindings/bindings.cpp", "csrc/cpu/pipeline_cpu.cpp"],
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],
+            define_macros=version_macros,
         )
     ]
-
-    import torch
 
     reason = None
     if _flag("EADAPRUNE_SKIP_CUDA"):
@@ -81,6 +84,7 @@ def _native_extensions():
                 "eadaprune_kernels._C_cuda",
                 sources=["python_bindings/bindings_cuda.cpp", "csrc/cuda/pipeline_cuda.cu"],
                 extra_compile_args={"cxx": host_opt, "nvcc": nvcc_flags},
+                define_macros=version_macros,
             )
         )
         _log(f"building the CUDA extension (TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")

@@ -351,3 +351,26 @@ def test_direct_call_resolves_defaults_like_make_config():
     assert sigma.shape == (2, 12) and indices.shape == (2, 12)  # l = min(sketch_size, N, D) = max_tokens
     ref = run(x, backend="reference", energy=0.9, sketch_size=100, power_iters=1)
     assert torch.equal(lengths, ref.lengths)
+
+
+@pytest.mark.parametrize("precision", ["medium", "high"])
+def test_results_do_not_depend_on_the_float32_matmul_precision(precision):
+    """VLM code often calls torch.set_float32_matmul_precision("high" / "medium"): on CPUs with bf16
+    (AVX512-BF16 / AMX) "medium" makes oneDNN run fp32 matmuls in bf16 (the pipeline's singular values
+    moved by ~2e-3 of sigma_1 before csrc/common/precision_guard.h). The backend computes the same
+    bits whatever is set, and the caller's setting is back in force after the call."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 576, 256, generator=g) * torch.logspace(0, -3, 256) + 1.0
+    base = ek.adaptive_prune(x, backend="cpu", energy=0.99)
+    before = torch.get_float32_matmul_precision()
+    a, b = torch.randn(128, 512, generator=g), torch.randn(512, 64, generator=g)
+    try:
+        torch.set_float32_matmul_precision(precision)
+        user_before = a @ b
+        got = ek.adaptive_prune(x, backend="cpu", energy=0.99)
+        assert torch.get_float32_matmul_precision() == precision
+        assert torch.equal(a @ b, user_before), "the caller's matmul precision was not restored"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    for name in ("singular_values", "total_energy", "lengths", "indices", "tokens"):
+        assert torch.equal(getattr(got, name), getattr(base, name)), name

@@ -61,10 +61,10 @@ struct Inputs {
 using PruneOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using BudgetOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// The batch-wide outputs with their padding already written.
+// The batch-wide outputs with their padding already written (tokens [T, D] or [B, N, D]: D is the last size).
 inline PruneOutputs make_prune_outputs(const at::Tensor& tokens, int64_t batch, const Config& cfg) {
   const auto opts = tokens.options();
-  return {at::zeros({batch, cfg.max_tokens, tokens.size(1)}, opts), at::full({batch, cfg.max_tokens}, -1, opts.dtype(at::kLong)),
+  return {at::zeros({batch, cfg.max_tokens, tokens.size(-1)}, opts), at::full({batch, cfg.max_tokens}, -1, opts.dtype(at::kLong)),
           at::zeros({batch}, opts.dtype(at::kInt)), at::zeros({batch, cfg.max_tokens}, opts.dtype(at::kBool)),
           at::zeros({batch, cfg.sketch_size}, opts.dtype(at::kFloat)), at::zeros({batch}, opts.dtype(at::kFloat)),
           at::zeros({batch}, opts.dtype(at::kBool))};

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/precision_guard.h"
 #include "../common/philox.h"
 #include "../common/ragged.h"
 #include "small_linalg.h"
@@ -49,8 +50,6 @@ namespace eadaprune {
 namespace cpu {
 namespace {
 
-constexpr double kEnergySlack = 1e-6;  // reference.ENERGY_SLACK
-constexpr double kFlatRtol = 1e-10;    // reference.FLAT_RTOL
 
 struct ImageStats {
   double scale = 1.0;   // power of two
@@ -397,6 +396,7 @@ BudgetOutputs spectral_budget(const at::Tensor& tokens, double energy, bool cent
   const Config cfg = make_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
                                  seed, sketch_matrix);
   c10::NoGradGuard no_grad;
+  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
   const Spectrum sp = spectrum(tokens, c10::nullopt, cfg, sketch_matrix, /*want_vectors=*/false);
   const Budgets bud = budgets_from_spectrum(sp, cfg);
   return {to_tensor_int32(bud.budget), bud.sigma, bud.energy, to_tensor_bool(bud.saturated)};
@@ -412,6 +412,7 @@ PruneOutputs adaptive_prune(const at::Tensor& tokens, const c10::optional<at::Te
   const Config cfg = make_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
                                  seed, sketch_matrix);
   c10::NoGradGuard no_grad;
+  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
   const int64_t batch = tokens.size(0), n = tokens.size(1), d = tokens.size(2), m = cfg.max_tokens;
   check_budgets(budgets, tokens, cfg.min_tokens, cfg.max_tokens);
   const Spectrum sp = spectrum(tokens, scores, cfg, sketch_matrix, /*want_vectors=*/!scores.has_value());
@@ -468,6 +469,7 @@ PruneOutputs adaptive_prune_ragged(const at::Tensor& tokens, const at::Tensor& c
   const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));
   check_ragged_budgets(budgets, tokens, bounds, cfg);
   c10::NoGradGuard no_grad;
+  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
   const ragged::Inputs in = ragged_inputs(tokens, scores, cfg, sketch_matrix, budgets);
   const ragged::PruneOutputs out =
       ragged::make_prune_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
@@ -488,6 +490,7 @@ BudgetOutputs spectral_budget_ragged(const at::Tensor& tokens, const at::Tensor&
                                         seed, sketch_matrix);
   const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));
   c10::NoGradGuard no_grad;
+  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
   const ragged::Inputs in = ragged_inputs(tokens, c10::nullopt, cfg, sketch_matrix, c10::nullopt);
   const ragged::BudgetOutputs out =
       ragged::make_budget_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);

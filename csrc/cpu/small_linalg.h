@@ -20,6 +20,8 @@
 #include <utility>
 #include <vector>
 
+#include "../common/numerics.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(EADAPRUNE_NO_CLONES)
 // One compiled copy per instruction set, chosen at load time: AVX-512 where the CPU has it.
 #define EADAPRUNE_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -30,13 +32,7 @@
 namespace eadaprune {
 namespace cpu {
 
-constexpr double kEps64 = 2.220446049250313e-16;
-
-// Relative shift of the Cholesky factorisations: s = kShiftRel * (l + 16) * trace(G). It exceeds the
-// rounding error of a float64 Cholesky of an l x l PSD matrix (~ l * eps64 * ||G||), so the
-// factorisation never breaks down (rank-deficient Y, exact zeros), and it perturbs eigenvalues by
-// at most ~1e-15 * l * trace, i.e. singular values by ~3e-7 * ||X_c||_F: far below float32 noise.
-constexpr double kShiftRel = 1e-15;
+// kEps64, kCholeskyShiftRel, kJacobiTol, kJacobiMaxSweeps: csrc/common/numerics.h (shared with CUDA).
 
 inline double trace(const double* g, int64_t l) {
   double t = 0.0;
@@ -54,7 +50,7 @@ static bool shifted_cholesky_upper(double* a, int64_t l) {
     for (int64_t i = 0; i < l; ++i) a[i * l + i] = 1.0;
     return false;
   }
-  const double s = kShiftRel * static_cast<double>(l + 16) * tr;
+  const double s = kCholeskyShiftRel * static_cast<double>(l + 16) * tr;
   for (int64_t i = 0; i < l; ++i) a[i * l + i] += s;
   for (int64_t k = 0; k < l; ++k) {
     double* rk = a + k * l;
@@ -148,10 +144,8 @@ inline void rotate(double* x, double* y, int64_t n, double c, double s) {
 // One-sided cyclic Jacobi on the rows of r (l x l, row-major): rotates pairs of rows until every
 // pair is orthogonal to |r_p . r_q| <= tol * |r_p| |r_q|. Returns the number of sweeps.
 EADAPRUNE_SIMD_CLONES
-static int one_sided_jacobi_rows(double* r, int64_t l, int max_sweeps = 60) {
-  // Rows orthogonal to 1e-10 give eigenvalues to ~1e-20 relative (the error is quadratic in the
-  // off-diagonal) and eigenvectors to ~1e-10 / relative gap: far below the float32 data it came from.
-  const double tol = std::max(1e-10, 4.0 * static_cast<double>(l) * kEps64);
+static int one_sided_jacobi_rows(double* r, int64_t l, int max_sweeps = kJacobiMaxSweeps) {
+  const double tol = std::max(kJacobiTol, 4.0 * static_cast<double>(l) * kEps64);
   std::vector<double> norm2(l);
   for (int sweep = 1; sweep <= max_sweeps; ++sweep) {
     for (int64_t i = 0; i < l; ++i) norm2[i] = dot(r + i * l, r + i * l, l);
@@ -191,7 +185,7 @@ inline void gram_eigh(double* g, int64_t l, double* lambda, double* vectors) {
     return;
   }
   std::vector<int64_t> perm(l);
-  const double s = pivoted_shifted_cholesky(g, l, kShiftRel * static_cast<double>(l + 16) * tr, perm.data());
+  const double s = pivoted_shifted_cholesky(g, l, kCholeskyShiftRel * static_cast<double>(l + 16) * tr, perm.data());
   one_sided_jacobi_rows(g, l);
   std::vector<double> norm2(l);
   for (int64_t j = 0; j < l; ++j) norm2[j] = dot(g + j * l, g + j * l, l);

@@ -26,6 +26,8 @@
 #include <limits>
 
 #include "../common/checks.h"
+#include "../common/precision_guard.h"
+#include "../common/numerics.h"
 #include "../common/philox.h"
 #include "../common/ragged.h"
 
@@ -33,12 +35,8 @@ namespace eadaprune {
 namespace cuda {
 namespace {
 
-constexpr double kEnergySlack = 1e-6;  // reference.ENERGY_SLACK
-constexpr double kFlatRtol = 1e-10;    // reference.FLAT_RTOL
-constexpr double kShiftRel = 1e-15;    // Cholesky shift, as csrc/cpu/small_linalg.h
-constexpr double kEps64 = 2.220446049250313e-16;
-constexpr int kThreads = 256;          // per CTA of the per-image kernels (a multiple of 32)
-constexpr int kMaxSweeps = 60;
+// kEnergySlack, kFlatRtol, kEps64, kCholeskyShiftRel, kJacobiTol, kJacobiMaxSweeps: ../common/numerics.h
+constexpr int kThreads = 256;  // per CTA of the per-image kernels (a multiple of 32)
 
 enum ImageFlag : uint8_t { kFlat = 1, kBad = 2 };
 
@@ -162,7 +160,7 @@ __global__ void cholesky_inverse_kernel(double* __restrict__ gram, double* __res
     for (int64_t k = threadIdx.x; k < l * l; k += blockDim.x) x[k] = (k / l == k % l) ? 1.0 : 0.0;
     return;
   }
-  const double s = kShiftRel * static_cast<double>(l + 16) * tr;
+  const double s = kCholeskyShiftRel * static_cast<double>(l + 16) * tr;
   for (int64_t i = threadIdx.x; i < l; i += blockDim.x) a[i * l + i] += s;
   __syncthreads();
   for (int64_t k = 0; k < l; ++k) {
@@ -218,7 +216,7 @@ __global__ void gram_eigh_kernel(double* __restrict__ gram, int64_t l, int64_t* 
       for (int64_t k = threadIdx.x; k < l * l; k += blockDim.x) vec[k] = (k / l == k % l) ? 1.0 : 0.0;
     return;
   }
-  const double s = kShiftRel * static_cast<double>(l + 16) * tr;
+  const double s = kCholeskyShiftRel * static_cast<double>(l + 16) * tr;
   for (int64_t i = threadIdx.x; i < l; i += blockDim.x) {
     a[i * l + i] += s;
     perm[i] = i;
@@ -267,10 +265,10 @@ __global__ void gram_eigh_kernel(double* __restrict__ gram, int64_t l, int64_t* 
     if (t % l < t / l) a[t] = 0.0;
   __syncthreads();
 
-  const double tol = fmax(1e-13, 4.0 * static_cast<double>(l) * kEps64);
+  const double tol = fmax(kJacobiTol, 4.0 * static_cast<double>(l) * kEps64);  // as the CPU backend
   const int64_t n2 = l + (l & 1);  // odd l: one dummy slot that never rotates
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  for (int sweep = 0; sweep < kMaxSweeps; ++sweep) {
+  for (int sweep = 0; sweep < kJacobiMaxSweeps; ++sweep) {
     __syncthreads();
     if (threadIdx.x == 0) s_rotated = 0;
     __syncthreads();
@@ -394,7 +392,7 @@ __global__ void select_kernel(const double* __restrict__ sel, const int32_t* __r
   const int64_t b = blockIdx.x;
   const double* s = sel + b * n;
   uint8_t* keep = keep_ws + b * n;
-  const int64_t budget = budgets[b];
+  const int64_t budget = imin(imax(budgets[b], 0), m);  // never past the image's M slots
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     const double v = s[i];
     int64_t rank = 0;
@@ -564,8 +562,11 @@ BudgetOutputs spectral_budget(const at::Tensor& tokens, double energy, bool cent
   check_tokens(tokens, c10::DeviceType::CUDA);
   const Config cfg = make_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
                                  seed, sketch_matrix);
+  // B = 0: empty outputs (a kernel launch with an empty grid is an "invalid configuration argument").
+  if (tokens.size(0) == 0) return ragged::make_budget_outputs(tokens, 0, cfg);
   const c10::cuda::CUDAGuard device_guard(tokens.device());
   c10::NoGradGuard no_grad;
+  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
   const Spectrum sp = spectrum(tokens, c10::nullopt, cfg, sketch_matrix, /*want_vectors=*/false);
   const Budgets bud = budgets_from_spectrum(sp, cfg);
   return {bud.budgets, bud.sigma, bud.energy, bud.saturated};
@@ -580,16 +581,21 @@ PruneOutputs adaptive_prune(const at::Tensor& tokens, const c10::optional<at::Te
   check_scores(scores, tokens);
   const Config cfg = make_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
                                  seed, sketch_matrix);
+  check_budgets(budgets, tokens, cfg.min_tokens, cfg.max_tokens);
+  // B = 0: empty outputs (a kernel launch with an empty grid is an "invalid configuration argument").
+  if (tokens.size(0) == 0) return ragged::make_prune_outputs(tokens, 0, cfg);
   const c10::cuda::CUDAGuard device_guard(tokens.device());
   c10::NoGradGuard no_grad;
+  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t batch = tokens.size(0), n = tokens.size(1), d = tokens.size(2), l = cfg.sketch_size;
   const int64_t m = cfg.max_tokens;
-  check_budgets(budgets, tokens, cfg.min_tokens, cfg.max_tokens);
   const Spectrum sp = spectrum(tokens, scores, cfg, sketch_matrix, /*want_vectors=*/!scores.has_value());
   Budgets bud = budgets_from_spectrum(sp, cfg);
   if (budgets.has_value()) {  // shares of a fixed batch total; k* (the leverage rank) stays the image's own
-    bud.budgets = budgets->to(at::kInt).contiguous().clone();
+    // Clamped to [0, M] on the device: the values of a CUDA tensor are not read on the host (that would
+    // synchronise), and a share past M would make the selection write past the image's M slots.
+    bud.budgets = budgets->to(at::kInt).clamp(0, m).contiguous();
   }
 
   at::Tensor sel;
@@ -668,6 +674,7 @@ PruneOutputs adaptive_prune_ragged(const at::Tensor& tokens, const at::Tensor& c
   const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));  // the one sync
   check_ragged_budgets(budgets, tokens, bounds, cfg);  // metadata only for a CUDA tensor
   c10::NoGradGuard no_grad;
+  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
   const ragged::Inputs in = ragged_inputs(tokens, scores, cfg, sketch_matrix, budgets);
   const ragged::PruneOutputs out =
       ragged::make_prune_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
@@ -685,6 +692,7 @@ BudgetOutputs spectral_budget_ragged(const at::Tensor& tokens, const at::Tensor&
   const c10::cuda::CUDAGuard device_guard(tokens.device());
   const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));  // the one sync
   c10::NoGradGuard no_grad;
+  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
   const ragged::Inputs in = ragged_inputs(tokens, c10::nullopt, cfg, sketch_matrix, c10::nullopt);
   const ragged::BudgetOutputs out =
       ragged::make_budget_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);

@@ -1,0 +1,35 @@
+"""The constants the C++ backends share with Python come from one source each: the Python values
+(eadaprune_kernels/reference.py) and csrc/common/numerics.h must agree, or the native backends would
+compute a different threshold than the reference."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from eadaprune_kernels import reference
+
+HEADER = Path(__file__).resolve().parent.parent / "csrc" / "common" / "numerics.h"
+
+
+def _header_constants() -> dict[str, float]:
+    text = HEADER.read_text()
+    return {name: float(value) for name, value in
+            re.findall(r"constexpr\s+(?:double|int)\s+(k\w+)\s*=\s*([-+0-9.eE]+)\s*;", text)}
+
+
+@pytest.mark.parametrize("cpp, python", [("kEnergySlack", "ENERGY_SLACK"), ("kFlatRtol", "FLAT_RTOL")])
+def test_header_matches_python(cpp, python):
+    constants = _header_constants()
+    assert cpp in constants, f"{cpp} not found in {HEADER}"
+    assert constants[cpp] == getattr(reference, python), (cpp, constants[cpp], getattr(reference, python))
+
+
+def test_no_other_copy_of_the_contract_constants_in_csrc():
+    """kEnergySlack / kFlatRtol are defined only in numerics.h (CPU and CUDA include it)."""
+    csrc = HEADER.parent.parent
+    for path in csrc.rglob("*"):
+        if path.suffix in (".h", ".cpp", ".cu") and path != HEADER:
+            assert not re.search(r"constexpr\s+double\s+k(EnergySlack|FlatRtol)\b", path.read_text()), path
