@@ -4,14 +4,14 @@
 
 For N=576 tokens, D in ``--dims``, B in ``--batches``, bf16 and fp32, sketch_size l=128, power_iters
 q=2, energy 0.99, it times (triton.testing.do_bench: median and 20/80 % quantiles, ms per call):
-  * triton:      eadaprune_kernels.triton_backend.adaptive_prune (one launch: budgets, leverage
+  * triton:      the fused Triton backend's entry point (one launch: budgets, leverage
                  selection, gather);
-  * cuda:        the native CUDA backend's adaptive_prune, when the extension is built;
+  * cuda:        the native CUDA backend's entry point, when the extension is built;
   * svd_lowrank: torch.svd_lowrank(X_c, q=l, niter=q) on the centred fp32 tokens: the spectrum only,
                  the randomized baseline a user would reach for;
   * svdvals:     torch.linalg.svdvals(X_c) in fp32: the exact spectrum.
 Bytes: ``floor`` is the (2q+2) passes over the tokens a fused subspace iteration must make (HBM
-floor, shared/NUMERICS.md); ``kernel`` is what this kernel reads from the tokens ((2q+5) passes: max
+floor); ``kernel`` is what this kernel reads from the tokens ((2q+5) passes: max
 scan, two statistics passes, 1 + 2q + 1 products). ``floor %`` = floor bytes / measured copy bandwidth
 / median time. Writes triton_<gpu>_<date>.md to ``--out`` (default bench/results) and prints it.
 """
@@ -55,13 +55,12 @@ def main(argv=None) -> None:
     import triton
     from triton.testing import do_bench
 
-    from eadaprune_kernels import adaptive_prune, available_backends
-    from eadaprune_kernels import triton_backend as tb
-    from eadaprune_kernels._validation import make_config
+    from eadaprune_kernels import backends
+    from eadaprune_kernels.contract import make_config
 
     gpu = torch.cuda.get_device_name()
     bandwidth = _copy_bandwidth()
-    has_cuda_backend = "cuda" in available_backends("cuda")
+    has_cuda_backend = "cuda" in backends.available_backends("cuda")
     n, l, q = 576, 128, 2
     lines = [
         f"# Triton backend benchmark, {datetime.date.today().isoformat()}",
@@ -81,12 +80,14 @@ def main(argv=None) -> None:
                 g = torch.Generator(device="cuda").manual_seed(0)
                 x = torch.randn(b, n, d, device="cuda", generator=g)
                 x = (x * torch.logspace(0, -2, d, device="cuda") + 1.0).to(dtype)
-                cfg = make_config(x, energy=0.99, center=True, sketch_size=l, power_iters=q, min_tokens=1,
-                                  max_tokens=None, seed=0, sketch_matrix=None)
-                ms, lo, hi = do_bench(lambda: tb.adaptive_prune(x, None, cfg), quantiles=[0.5, 0.2, 0.8])
+                # the backends' entry points (the public functions add their argument checks on the host)
+                cfg = make_config(n=n, d=d, device=x.device, energy=0.99, center=True, sketch_size=l, power_iters=q,
+                                  min_tokens=1, max_tokens=None, seed=0, sketch_matrix=None)
+                ms, lo, hi = do_bench(lambda: backends.run("triton", x, None, None, cfg, None, True),
+                                      quantiles=[0.5, 0.2, 0.8])
                 cuda_cell = "-"
                 if has_cuda_backend:
-                    native = _median(do_bench(lambda: adaptive_prune(x, backend="cuda", validate=False),
+                    native = _median(do_bench(lambda: backends.run("cuda", x, None, None, cfg, None, True),
                                               quantiles=[0.5]))
                     cuda_cell = f"{native:.3f} ({native / ms:.1f}x)"
                 xc = x.float() - x.float().mean(1, keepdim=True)

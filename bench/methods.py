@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from eadaprune_kernels import adaptive_prune, available_backends, spectral_budget
-from eadaprune_kernels.reference import ENERGY_SLACK
+from eadaprune_kernels.contract import ENERGY_SLACK
 
 __all__ = ["Method", "energy_budget", "project_methods", "baseline_methods", "all_methods",
            "LOWRANK", "SKETCHED_BASELINES"]

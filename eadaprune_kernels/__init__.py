@@ -5,10 +5,11 @@
 >>> result.tokens, result.lengths            # kept tokens padded to max_tokens, per-image budgets
 """
 
+from .allocation import allocate_budgets
 from .api import adaptive_prune, randomized_svdvals, spectral_budget
 from .backends import available_backends
-from .policy import allocate_budgets, calibrate_energy
-from .reference import exact_budget, exact_svdvals
+from .ground_truth import exact_budget, exact_svdvals
+from .policy import calibrate_energy
 from .results import BudgetResult, PackedTokens, PruneResult
 from .sketch import gaussian_sketch
 

@@ -1,11 +1,11 @@
-"""The public functions: argument checks, batching of a single image, packing of ragged input, and
-the call of the custom op (:mod:`eadaprune_kernels.ops`) that runs the resolved backend.
+"""The public functions: one normalisation of the input, one check of the arguments, the backend's
+name, and the call of the custom op (:mod:`eadaprune_kernels.ops`) that checks the data and runs it.
 
-Ragged input (images of different token counts N_i in one call) comes either as packed tokens
-[T, D] with ``cu_seqlens`` [B + 1] (image b is rows cu_seqlens[b]:cu_seqlens[b + 1], the
-flash-attention convention) and packed scores [T], or as a Python list of [N_i, D] tensors (and
-scores as a list of [N_i] or packed [T]), which is packed once with torch.cat (cu_seqlens built on
-the host from the shapes: no synchronisation)."""
+The path of the tokens: :func:`adaptive_prune` -> :func:`eadaprune_kernels.inputs.normalise` (one image,
+a list, packed with cu_seqlens or a dense batch, checked once) -> the custom op (the data checks, one
+host synchronisation at most) -> :func:`eadaprune_kernels.backends.run` -> the backend's kernel. The
+arguments are checked by :func:`eadaprune_kernels.contract.make_config`.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from dataclasses import fields, replace
 
 import torch
 
-from ._validation import (check_ragged, check_ragged_scores, check_scores, check_tokens, make_config,
-                          pack_images)
+from .allocation import allocate_budgets
 from .backends import resolve_backend_name
-from .ops import budget_op, prune_op, ragged_budget_op, ragged_prune_op
-from .policy import allocate_budgets
+from .contract import PipelineConfig, image_bounds, make_config
+from .inputs import Batch, normalise
+from .ops import budget_op, prune_op
 from .results import BudgetResult, PruneResult
 
 __all__ = ["adaptive_prune", "spectral_budget", "randomized_svdvals"]
@@ -33,55 +33,41 @@ def _unbatch(result):
     })
 
 
-def _ragged_inputs(tokens, scores, cu_seqlens):
-    """(tokens, scores, cu_seqlens, ragged): packs a list of images, checks packed input's metadata."""
-    if isinstance(tokens, (list, tuple)):
-        if cu_seqlens is not None:
-            raise TypeError("cu_seqlens: expected None when tokens is a list of images (it is built from their shapes)")
-        tokens, scores, cu_seqlens = pack_images(tokens, scores)
-        return tokens, scores, cu_seqlens, True
-    if cu_seqlens is None:
-        return tokens, scores, None, False
-    check_ragged(tokens, cu_seqlens)
-    return tokens, scores, cu_seqlens, True
-
-
-def _check_validate(validate) -> None:
+def _prepare(batch: Batch, backend, validate, **kwargs) -> tuple[PipelineConfig, str]:
+    """The checked configuration of a call and the name of the backend that runs it."""
+    tokens = batch.tokens
+    cfg = make_config(n=batch.tokens_per_image, d=tokens.shape[-1], device=tokens.device, **kwargs)
     if not isinstance(validate, bool):
         raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
+    name = resolve_backend_name(backend, tokens.device.type, batch.cu_seqlens is not None, cfg.sketch_size)
+    return cfg, name
 
 
-def _check_total_budget(total_budget, batch: int, low: int, high: int, what: str) -> int:
+def _budget_fields(batch: Batch, cfg: PipelineConfig, name: str, validate: bool, total_budget=None):
+    return budget_op(batch.tokens, batch.cu_seqlens, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size,
+                     cfg.power_iters, cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate, total_budget)
+
+
+def _shares(batch: Batch, cfg: PipelineConfig, name: str, validate: bool, total_budget) -> torch.Tensor | None:
+    """The per-image budgets of ``adaptive_prune(..., total_budget=T)``: the budget pass, then
+    :func:`allocate_budgets` within each image's bounds (no host synchronisation)."""
     if isinstance(total_budget, bool) or not isinstance(total_budget, numbers.Integral):
         raise TypeError(f"total_budget: expected an int or None, got {type(total_budget).__name__} {total_budget!r}")
-    if not batch * low <= total_budget <= batch * high:
-        raise ValueError(f"total_budget: expected between {what} for B = {batch}, got {total_budget}")
-    return int(total_budget)
-
-
-def _adaptive_prune_ragged(tokens, scores, cu_seqlens, cfg, name, validate, total_budget) -> PruneResult:
-    """The ragged path of :func:`adaptive_prune`: packed tokens [T, D], cu_seqlens [B + 1] (checked)."""
-    check_ragged_scores(scores, tokens)
-    batch = cu_seqlens.shape[0] - 1
-    shares = None
-    if total_budget is not None:
-        # Necessary bounds from metadata (every max_i is in [1, M]); the exact ones, sum(min_i) and
-        # sum(max_i), need N_i and are checked inside the budget op with cu_seqlens.
-        total = _check_total_budget(total_budget, batch, 1, cfg.max_tokens,
-                                    f"B = {batch} and B * max_tokens = {batch * cfg.max_tokens}")
-        needs = ragged_budget_op(
-            tokens, cu_seqlens, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
-            cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate, total,
-        )[0]
-        sizes = (cu_seqlens[1:] - cu_seqlens[:-1]).clamp_min(0)
-        top = sizes.clamp(max=cfg.max_tokens)
-        shares = allocate_budgets(needs, total, top.clamp(max=cfg.min_tokens), top)
-        validate = False  # the budget pass has scanned the data
-    fields = ragged_prune_op(
-        tokens, cu_seqlens, scores, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
-        cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate, shares,
-    )
-    return PruneResult(*fields, backend=name)
+    b, m = batch.size, cfg.max_tokens
+    if batch.cu_seqlens is None:
+        low, high, what = b * cfg.min_tokens, b * m, (f"B * min_tokens = {b * cfg.min_tokens} and "
+                                                      f"B * max_tokens = {b * m}")
+    else:  # the exact bounds, sum(min_i) and sum(max_i), need N_i: checked inside the op with cu_seqlens
+        low, high, what = b, b * m, f"B = {b} and B * max_tokens = {b * m}"
+    if not low <= total_budget <= high:
+        raise ValueError(f"total_budget: expected between {what} for B = {b}, got {total_budget}")
+    if b == 0:
+        return None
+    needs = _budget_fields(batch, cfg, name, validate, int(total_budget))[0]
+    if batch.cu_seqlens is None:
+        return allocate_budgets(needs, int(total_budget), cfg.min_tokens, m)
+    sizes = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).clamp_min(0)
+    return allocate_budgets(needs, int(total_budget), *image_bounds(sizes, cfg.min_tokens, m))
 
 
 def adaptive_prune(
@@ -141,56 +127,20 @@ def adaptive_prune(
         :class:`PruneResult`, padded to max_tokens; ``result.backend`` names the backend that ran.
         Ragged: batched [B, ...] fields, indices relative to each image's start, singular values
         [B, min(sketch_size, D)] with 0 past l_i; ``result.packed_with_indices()`` unpads them.
-
-    Raises:
-        RaggedUnsupported (a NotImplementedError and RuntimeError): ragged input on a backend whose
-        module does not set ``SUPPORTS_RAGGED`` (today: the native "cpu" and "cuda" backends).
     """
-    tokens, scores, cu_seqlens, ragged = _ragged_inputs(tokens, scores, cu_seqlens)
-    if ragged:
-        cfg = make_config(
-            tokens, energy=energy, center=center, sketch_size=sketch_size, power_iters=power_iters,
-            min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix, ragged=True,
-        )
-        _check_validate(validate)
-        name = resolve_backend_name(backend, tokens.device.type, True, cfg.sketch_size)
-        return _adaptive_prune_ragged(tokens, scores, cu_seqlens, cfg, name, validate, total_budget)
-    check_tokens(tokens)
-    check_scores(scores, tokens)
-    cfg = make_config(
-        tokens, energy=energy, center=center, sketch_size=sketch_size, power_iters=power_iters,
-        min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix,
-    )
-    if not isinstance(validate, bool):
-        raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
-    name = resolve_backend_name(backend, tokens.device.type, False, cfg.sketch_size)
-    single = tokens.dim() == 2
-    if single:
-        tokens = tokens[None]
-        scores = None if scores is None else scores[None]
+    batch = normalise(tokens, scores, cu_seqlens)
+    cfg, name = _prepare(batch, backend, validate, energy=energy, center=center, sketch_size=sketch_size,
+                         power_iters=power_iters, min_tokens=min_tokens, max_tokens=max_tokens, seed=seed,
+                         sketch_matrix=sketch_matrix)
     shares = None
     if total_budget is not None:
-        batch = tokens.shape[0]
-        if isinstance(total_budget, bool) or not isinstance(total_budget, numbers.Integral):
-            raise TypeError(f"total_budget: expected an int or None, got {type(total_budget).__name__} {total_budget!r}")
-        if not batch * cfg.min_tokens <= total_budget <= batch * cfg.max_tokens:
-            raise ValueError(
-                f"total_budget: expected between B * min_tokens = {batch * cfg.min_tokens} and "
-                f"B * max_tokens = {batch * cfg.max_tokens} for B = {batch}, got {total_budget}"
-            )
-        if batch > 0:
-            needs = budget_op(
-                tokens, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
-                cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate,
-            )[0]
-            shares = allocate_budgets(needs, int(total_budget), cfg.min_tokens, cfg.max_tokens)
-            validate = False  # the budget pass has scanned the data
-    fields = prune_op(
-        tokens, scores, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
-        cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate, shares,
-    )
-    result = PruneResult(*fields, backend=name)
-    return _unbatch(result) if single else result
+        shares = _shares(batch, cfg, name, validate, total_budget)
+        validate = False  # the budget pass has scanned the data
+    result = PruneResult(*prune_op(
+        batch.tokens, batch.cu_seqlens, batch.scores, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size,
+        cfg.power_iters, cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate, shares,
+    ), backend=name)
+    return _unbatch(result) if batch.single else result
 
 
 def spectral_budget(
@@ -213,36 +163,12 @@ def spectral_budget(
     Same arguments as :func:`adaptive_prune` minus ``scores`` (ragged input included); returns
     :class:`BudgetResult` (ragged: singular_values [B, min(sketch_size, D)], 0 past each l_i).
     """
-    tokens, _, cu_seqlens, ragged = _ragged_inputs(tokens, None, cu_seqlens)
-    if ragged:
-        cfg = make_config(
-            tokens, energy=energy, center=center, sketch_size=sketch_size, power_iters=power_iters,
-            min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix, ragged=True,
-        )
-        _check_validate(validate)
-        name = resolve_backend_name(backend, tokens.device.type, True, cfg.sketch_size)
-        fields = ragged_budget_op(
-            tokens, cu_seqlens, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
-            cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate,
-        )
-        return BudgetResult(*fields, backend=name)
-    check_tokens(tokens)
-    cfg = make_config(
-        tokens, energy=energy, center=center, sketch_size=sketch_size, power_iters=power_iters,
-        min_tokens=min_tokens, max_tokens=max_tokens, seed=seed, sketch_matrix=sketch_matrix,
-    )
-    if not isinstance(validate, bool):
-        raise TypeError(f"validate: expected a bool, got {type(validate).__name__} {validate!r}")
-    name = resolve_backend_name(backend, tokens.device.type, False, cfg.sketch_size)
-    single = tokens.dim() == 2
-    if single:
-        tokens = tokens[None]
-    fields = budget_op(
-        tokens, cfg.sketch_matrix, cfg.energy, cfg.center, cfg.sketch_size, cfg.power_iters,
-        cfg.min_tokens, cfg.max_tokens, cfg.seed, name, validate,
-    )
-    result = BudgetResult(*fields, backend=name)
-    return _unbatch(result) if single else result
+    batch = normalise(tokens, None, cu_seqlens)
+    cfg, name = _prepare(batch, backend, validate, energy=energy, center=center, sketch_size=sketch_size,
+                         power_iters=power_iters, min_tokens=min_tokens, max_tokens=max_tokens, seed=seed,
+                         sketch_matrix=sketch_matrix)
+    result = BudgetResult(*_budget_fields(batch, cfg, name, validate), backend=name)
+    return _unbatch(result) if batch.single else result
 
 
 def randomized_svdvals(

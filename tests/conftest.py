@@ -3,7 +3,7 @@
 * Without a CUDA device, Triton kernels run under the interpreter: TRITON_INTERPRET=1 must be set
   before triton is first imported, so it is set here, before any test module imports it.
 * On those machines every test runs with the interpreter computing as an sm_90 GPU does
-  (:func:`eadaprune_kernels.triton_interpreter.emulate_sm90_dot`: tl.dot rounds its operands per
+  (:func:`eadaprune_kernels.backends.triton_interpreter.emulate_sm90_dot`: tl.dot rounds its operands per
   input precision, e.g. plain TF32 truncates fp32 operands; fp32 -> bf16 casts round to nearest), so
   a precision choice that is wrong on the GPU fails here too. ``EADAPRUNE_EMULATE_SM90=0`` runs the
   plain interpreter instead (full fp32 for every tl.dot), to compare.
@@ -34,7 +34,7 @@ def gpu_faithful_interpreter():
     if not EMULATE_SM90:
         yield
         return
-    from eadaprune_kernels.triton_interpreter import emulate_sm90_dot
+    from eadaprune_kernels.backends.triton_interpreter import emulate_sm90_dot
 
     with emulate_sm90_dot():
         yield

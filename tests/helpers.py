@@ -1,4 +1,7 @@
-"""Test helpers: matrices with a chosen spectrum, exact answers, and verbose comparisons."""
+"""The one set of test helpers: the input generator, the comparator with its tolerance table, the
+padding checker, the ragged checks and the backend parameters. Every suite uses these; a new backend
+or dtype is one line in a parametrize list.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,21 @@ import dataclasses
 
 import torch
 
-from eadaprune_kernels.reference import ENERGY_SLACK
+from eadaprune_kernels import backends
+from eadaprune_kernels.contract import ENERGY_SLACK, make_config
 
 FAMILIES = ("exponential", "power0.5", "power1", "power2", "step", "lowrank_noise", "rank1")
+
+# Against the float64 reference on the same inputs and sketch: the largest |sigma - sigma_ref| allowed,
+# relative to sigma_1, and the relative error of the total energy, per input dtype.
+SIGMA_TOL = {torch.float64: 1e-4, torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 1e-3}
+ENERGY_RTOL = 1e-5
+# Budgets may differ where the reference's cumulative energy lies within KNIFE_EDGE * E of the target.
+KNIFE_EDGE = 1e-4
+FIELDS = ("tokens", "indices", "lengths", "mask", "singular_values", "total_energy", "saturated")
+
+
+# ---- inputs -----------------------------------------------------------------------------------------
 
 
 def spectrum(family: str, r: int, generator: torch.Generator) -> torch.Tensor:
@@ -55,7 +70,95 @@ def matrix_with_spectrum(
     return mu[None, :] + (u * s[None, :]) @ v.T
 
 
-def knife_edge(singular_values: torch.Tensor, total_energy: torch.Tensor, energy: float, rtol: float):
+def _image(kind: str, i: int, n: int, d: int, g: torch.Generator, *, decay, rate, scale, rank, mean_scale):
+    """Image i [n, d] float64 of a batch of ``kind`` (see :func:`make_tokens`)."""
+    r = min(n - 1, d)
+    if r < 1:
+        return torch.randn(n, d, generator=g, dtype=torch.float64) + mean_scale
+    if kind == "families":
+        s = spectrum(("exponential", "power1", "step", "lowrank_noise")[i % 4] if r >= 4 else "power1", r, g)
+    elif kind == "geometric":
+        s = decay ** torch.arange(min(rank or r, r), dtype=torch.float64)
+    elif kind == "exponential":
+        s = torch.exp(-rate * torch.arange(min(rank or r, r), dtype=torch.float64))
+    elif kind == "separated":
+        s = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.05, 0.04, 0.03, 0.02], dtype=torch.float64)[:r]
+    else:
+        raise ValueError(f"kind: unknown {kind!r}")
+    return matrix_with_spectrum(scale * s, n, d, g, mean_scale=mean_scale)
+
+
+def make_tokens(batch: int, n: int, d: int, kind: str = "families", *, dtype=torch.float32, seed: int = 0,
+                device="cpu", decay: float = 0.6, rate: float = 0.25, scale: float = 1.0, rank: int | None = None,
+                mean_scale: float = 3.0) -> torch.Tensor:
+    """The input generator: tokens [batch, n, d] whose centred spectrum is known (before rounding to
+    ``dtype``), each image with a common mean token of N(0, mean_scale^2) entries:
+
+    * ``"families"``: image i has the spectrum of family ("exponential", "power1", "step",
+      "lowrank_noise")[i % 4] (power1 when min(n - 1, d) < 4);
+    * ``"geometric"``: sigma_j = scale * decay**j; ``"exponential"``: sigma_j = scale * exp(-rate j)
+      (``rank`` values, default min(n - 1, d));
+    * ``"separated"``: sigma = 8, 4, 2, 1, 0.05 .. 0.02 (no knife edge at the usual energies);
+    * ``"logspace"``: randn * logspace(0, -decay, d) + mean_scale (a smooth geometric decay, no exact
+      rank; n may be below d);
+    * ``"integer"``: an exact rank-``rank`` (default 5) image of small integers, |x| <= 256 (exact in
+      float16 / bfloat16).
+    A single token (n = 1) is random.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if kind == "logspace":
+        x = torch.randn(batch, n, d, generator=g, dtype=torch.float64)
+        x = x * torch.logspace(0, -decay, d, dtype=torch.float64) + mean_scale
+    elif kind == "integer":
+        k = rank or 5
+        u = torch.randint(-3, 4, (batch, n, k), generator=g, dtype=torch.float64)
+        v = torch.randint(-3, 4, (batch, k, d), generator=g, dtype=torch.float64)
+        x = u @ v + torch.randint(-8, 9, (batch, 1, d), generator=g, dtype=torch.float64)
+    else:
+        x = torch.stack([_image(kind, i, n, d, g, decay=decay, rate=rate, scale=scale, rank=rank,
+                                mean_scale=mean_scale) for i in range(batch)])
+    return x.to(dtype).to(device)
+
+
+def ragged_images(sizes, d, seed, dtype=torch.float32, offset=3.0, device="cpu"):
+    """Images [N_i, D] of the "families" kind (image i of family i % 4) with a dominant mean (no ties in
+    leverage), for ragged batches."""
+    g = torch.Generator().manual_seed(seed)
+    return [_image("families", i, n, d, g, decay=0.6, rate=0.25, scale=1.0, rank=None, mean_scale=offset)
+            .to(dtype).to(device) for i, n in enumerate(sizes)]
+
+
+def cu_seqlens_of(sizes, dtype=torch.int64, device="cpu"):
+    """cu_seqlens [B + 1] of images with the given token counts: 0, N_0, N_0 + N_1, ..."""
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    return torch.tensor(bounds, dtype=dtype, device=device)
+
+
+# ---- running one backend directly -----------------------------------------------------------------
+
+
+def config(tokens: torch.Tensor, **kwargs):
+    """The checked configuration of dense tokens [B, N, D] (``ragged=True``: packed [T, D]) with the
+    public defaults, as the public functions make it."""
+    ragged = kwargs.pop("ragged", False)
+    args = dict(energy=0.99, center=True, sketch_size=128, power_iters=2, min_tokens=1, max_tokens=None, seed=0,
+                sketch_matrix=None)
+    args.update(kwargs)
+    return make_config(n=None if ragged else tokens.shape[1], d=tokens.shape[-1], device=tokens.device, **args)
+
+
+def run_backend(name: str, tokens, cfg, scores=None, *, select=True, cu_seqlens=None, budgets=None):
+    """The backend ``name``'s entry point, without the public layer's checks (a PruneResult, or a
+    BudgetResult when not ``select``)."""
+    return backends.run(name, tokens, cu_seqlens, scores, cfg, budgets, select)
+
+
+# ---- comparisons ---------------------------------------------------------------------------------
+
+
+def knife_edge(singular_values: torch.Tensor, total_energy: torch.Tensor, energy: float, rtol: float = KNIFE_EDGE):
     """[B] bool: images whose cumulative sketched energy lies within rtol * E of the threshold."""
     cum = torch.cumsum(singular_values.to(torch.float64).square(), dim=1)
     target = (energy - ENERGY_SLACK) * total_energy.to(torch.float64)
@@ -78,8 +181,77 @@ def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, *, atol: 
         )
 
 
+def _on_cpu(result):
+    return dataclasses.replace(result, **{
+        f.name: getattr(result, f.name).cpu() for f in dataclasses.fields(result)
+        if isinstance(getattr(result, f.name), torch.Tensor)})
+
+
+def _lengths(result) -> torch.Tensor:
+    return result.lengths if hasattr(result, "lengths") else result.budgets
+
+
+def assert_matches_reference(got, ref, energy: float, dtype=torch.float32, *, sigma_tol: float | None = None,
+                             same_selection: bool = False) -> torch.Tensor:
+    """A backend's result (PruneResult or BudgetResult, any device) against the reference's on the same
+    inputs and sketch: singular values within SIGMA_TOL[dtype] (or ``sigma_tol``) of sigma_1, the
+    total energy to ENERGY_RTOL, budgets and saturation equal except at knife edges, and with
+    ``same_selection`` the kept indices and tokens equal wherever the budgets are. Returns the [B]
+    mask of the images off a knife edge."""
+    got, ref = _on_cpu(got), _on_cpu(ref)
+    tol = SIGMA_TOL[dtype] if sigma_tol is None else sigma_tol
+    sigma, ref_sigma = got.singular_values.reshape(-1, got.singular_values.shape[-1]), \
+        ref.singular_values.reshape(-1, ref.singular_values.shape[-1])
+    scale = ref_sigma.abs().nan_to_num(0.0).amax(1, keepdim=True).clamp_min(1e-30)
+    assert_close_verbose(sigma / scale, ref_sigma / scale, atol=tol, rtol=0, what="singular values / sigma_1")
+    assert_close_verbose(got.total_energy, ref.total_energy, atol=0, rtol=ENERGY_RTOL, what="total energy")
+    edge = knife_edge(ref_sigma.nan_to_num(0.0), ref.total_energy.reshape(-1).nan_to_num(0.0), energy)
+    lengths, ref_lengths = _lengths(got).reshape(-1), _lengths(ref).reshape(-1)
+    assert bool(((lengths == ref_lengths) | edge).all()), (
+        f"budgets differ away from a knife edge: {lengths.tolist()} vs reference {ref_lengths.tolist()}")
+    saturated, ref_saturated = got.saturated.reshape(-1), ref.saturated.reshape(-1)
+    assert torch.equal(saturated[~edge], ref_saturated[~edge]), (saturated.tolist(), ref_saturated.tolist())
+    clear = ~edge & (lengths == ref_lengths)
+    if same_selection:
+        assert torch.equal(got.indices.reshape(clear.numel(), -1)[clear], ref.indices.reshape(clear.numel(), -1)[clear])
+        assert torch.equal(got.tokens.reshape(clear.numel(), *got.tokens.shape[-2:])[clear],
+                           ref.tokens.reshape(clear.numel(), *ref.tokens.shape[-2:])[clear])
+    return clear
+
+
+def assert_keeps_top_leverage(got, tokens: torch.Tensor, cfg, images, tol: float = 1e-4) -> None:
+    """Leverage selection: for each image in ``images``, the kept tokens are the top-``lengths`` by the
+    float64 leverage of the reference's sketched subspace (rank min(k*, l)), up to near-ties within
+    ``tol`` of the largest leverage (they may legitimately swap between fp32 and fp64), and the kept
+    rows are the input's."""
+    from eadaprune_kernels.backends.reference import spectrum as reference_spectrum
+    from eadaprune_kernels.contract import budget_from_spectrum
+
+    got = _on_cpu(got)
+    tokens = tokens.cpu()
+    sigma, energy, flat, u = reference_spectrum(tokens.double(), cfg, want_vectors=True)
+    k_star = budget_from_spectrum(sigma, energy, flat, cfg.energy, cfg.min_tokens, cfg.max_tokens)[0]
+    for b in images:
+        lev = u[b, :, : min(int(k_star[b]), cfg.sketch_size)].square().sum(1)
+        k = int(got.lengths[b])
+        cut = torch.sort(lev, descending=True).values[k - 1]
+        kept = got.indices[b, :k]
+        assert bool((lev[kept] >= cut - tol * lev.max()).all()), (b, lev[kept].min().item(), cut.item())
+        assert torch.equal(got.tokens[b, :k], tokens[b, kept])
+
+
+def assert_same_result(a, b, fields=FIELDS) -> None:
+    """Two results equal bit for bit, field by field (NaN where the other has NaN)."""
+    for field in fields:
+        x, y = getattr(a, field).cpu(), getattr(b, field).cpu()
+        assert torch.equal(x, y) or (x.is_floating_point() and torch.equal(x.isnan(), y.isnan())
+                                     and torch.equal(x.nan_to_num(), y.nan_to_num())), field
+
+
 def check_result_invariants(result, tokens: torch.Tensor, min_tokens: int, max_tokens: int) -> None:
-    """The structural guarantees of a PruneResult for batched tokens [B, N, D]."""
+    """The padding checker: the structural guarantees of a PruneResult for batched tokens [B, N, D]
+    (dtypes, shapes, devices, lengths in bounds, mask, -1 / zero padding, ascending indices, the kept
+    rows equal to the input rows)."""
     b, n, d = tokens.shape
     m = max_tokens
     assert result.tokens.shape == (b, m, d) and result.tokens.dtype == tokens.dtype
@@ -90,16 +262,14 @@ def check_result_invariants(result, tokens: torch.Tensor, min_tokens: int, max_t
     assert result.singular_values.dtype == torch.float32
     for t in (result.tokens, result.indices, result.lengths, result.mask, result.singular_values):
         assert t.device == tokens.device
-    result = dataclasses.replace(result, **{
-        f.name: getattr(result, f.name).cpu() for f in dataclasses.fields(result)
-        if isinstance(getattr(result, f.name), torch.Tensor)})
+    result = _on_cpu(result)
     tokens = tokens.cpu()
     lengths = result.lengths.to(torch.int64)
     assert bool(((lengths >= min_tokens) & (lengths <= max_tokens)).all()), lengths
     slots = torch.arange(m)
     assert torch.equal(result.mask, slots[None, :] < lengths[:, None])
     assert bool((result.indices[~result.mask] == -1).all())
-    assert bool((result.tokens[~result.mask] == 0).all())
+    assert bool((result.tokens[~result.mask] == 0).all()) and not bool(result.tokens[~result.mask].isnan().any())
     for i in range(b):
         kept = result.indices[i, : lengths[i]]
         assert bool((kept >= 0).all()) and bool((kept < n).all())
@@ -133,6 +303,9 @@ def backend_params(include_reference: bool = False):
         params.append(pytest.param(None, "cpu", id="no-other-backend",
                                    marks=pytest.mark.skip(reason="only the reference backend is registered")))
     return params
+
+
+# ---- ragged --------------------------------------------------------------------------------------
 
 
 def ragged_alone_kwargs(n, d, kwargs):
@@ -182,26 +355,3 @@ def assert_ragged_equals_alone(result, images, scores, kwargs, backend, exact=Tr
             assert_close_verbose(result.total_energy[i], one.total_energy, atol=0, rtol=1e-6,
                                  what=f"{where}: energy")
         assert bool((result.singular_values[i, l:] == 0).all()), f"{where}: sigma past l_i = {l} must be 0"
-
-
-def ragged_images(sizes, d, seed, dtype=torch.float32, offset=3.0, device="cpu"):
-    """Images [N_i, D] with a decaying spectrum and a dominant mean (no ties in leverage)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i, n in enumerate(sizes):
-        r = min(n - 1, d)
-        if r >= 2:
-            family = ("exponential", "power1", "step", "lowrank_noise")[i % 4]
-            x = matrix_with_spectrum(spectrum(family, r, g), n, d, g, mean_scale=offset)
-        else:
-            x = torch.randn(n, d, generator=g, dtype=torch.float64) + offset
-        out.append(x.to(dtype).to(device))
-    return out
-
-
-def cu_seqlens_of(sizes, dtype=torch.int64, device="cpu"):
-    """cu_seqlens [B + 1] of images with the given token counts: 0, N_0, N_0 + N_1, ..."""
-    bounds = [0]
-    for n in sizes:
-        bounds.append(bounds[-1] + n)
-    return torch.tensor(bounds, dtype=dtype, device=device)

@@ -1,8 +1,8 @@
 """The native C++ CPU backend (eadaprune_kernels._C) against the float64 reference.
 
 Backend-specific checks: the Philox stream, odd sizes and dtypes, padding and unwritten outputs,
-flat and non-finite images, the sketch override, and every argument check at the C++ boundary
-(the extension called directly raises the same error type as the Python API).
+flat and non-finite images, the sketch override, every bad argument through the cpu backend, and the
+checks that protect memory when the extension is called directly (the same error types).
 """
 
 from __future__ import annotations
@@ -13,71 +13,23 @@ import pytest
 import torch
 
 import eadaprune_kernels as ek
-from eadaprune_kernels import reference
 from eadaprune_kernels.sketch import gaussian_sketch
 
-cpu_backend = pytest.importorskip("eadaprune_kernels.cpu_backend", reason="native CPU extension not built")
-_C = cpu_backend._C
+from helpers import assert_matches_reference, check_result_invariants, make_tokens
 
-SIGMA_RTOL = 1e-4  # of the largest singular value, fp32 inputs
-KNIFE_EDGE = 1e-4  # of E
-
+_C = pytest.importorskip("eadaprune_kernels._C", reason="native CPU extension not built")
 
 def spectrum_image(batch, n, d, *, decay=0.6, offset=3.0, dtype=torch.float32, seed=0):
     """Tokens with a geometric spectrum sigma_j = decay**j and a common mean token (offset)."""
-    g = torch.Generator().manual_seed(seed)
-    r = min(n, d)
-    u = torch.linalg.qr(torch.randn(batch, n, r, generator=g, dtype=torch.float64)).Q
-    v = torch.linalg.qr(torch.randn(batch, d, r, generator=g, dtype=torch.float64)).Q
-    s = decay ** torch.arange(r, dtype=torch.float64)
-    x = (u * s[None, None, :]) @ v.mT + offset * torch.randn(batch, 1, d, generator=g, dtype=torch.float64)
-    return x.to(dtype)
+    return make_tokens(batch, n, d, "geometric", decay=decay, mean_scale=offset, dtype=dtype, seed=seed)
 
 
 def run(tokens, scores=None, backend="cpu", **kw):
     return ek.adaptive_prune(tokens, scores, backend=backend, **kw)
 
 
-def knife_edge_ok(ref, b, budget_a, budget_b, energy):
-    """Budgets may differ only where the reference's cumulative energy is within 1e-4 E of the target."""
-    sigma = ref.singular_values[b].double()
-    total = ref.total_energy[b].double()
-    cumulative = torch.cumsum(sigma.square(), 0)
-    target = (energy - reference.ENERGY_SLACK) * total
-    lo, hi = sorted((int(budget_a), int(budget_b)))
-    window = cumulative[max(lo - 1, 0):hi]
-    return bool(((window - target).abs() <= KNIFE_EDGE * total).any())
-
-
-def assert_matches_reference(out, ref, energy, *, sigma_rtol=SIGMA_RTOL, same_indices=False):
-    scale = ref.singular_values.abs().amax(-1, keepdim=True).clamp_min(1e-30)
-    err = ((out.singular_values - ref.singular_values).abs() / scale).nan_to_num(0.0)
-    worst = err.max().item()
-    assert worst <= sigma_rtol, f"singular values differ by {worst:.3g} of sigma_max at {divmod(int(err.argmax()), err.shape[-1])}"
-    torch.testing.assert_close(out.total_energy, ref.total_energy, rtol=1e-5, atol=0, equal_nan=True)
-    assert torch.equal(out.saturated, ref.saturated) or all(
-        knife_edge_ok(ref, b, out.lengths[b], ref.lengths[b], energy)
-        for b in range(out.lengths.numel()) if out.saturated[b] != ref.saturated[b])
-    for b in range(out.lengths.numel()):
-        if out.lengths[b] != ref.lengths[b]:
-            assert knife_edge_ok(ref, b, out.lengths[b], ref.lengths[b], energy), (
-                f"image {b}: budget {int(out.lengths[b])} vs reference {int(ref.lengths[b])} away from a knife edge")
-        elif same_indices:
-            assert torch.equal(out.indices[b], ref.indices[b]), f"image {b}: indices differ"
-
-
 def assert_padding(out, tokens):
-    m = out.indices.shape[-1]
-    slots = torch.arange(m)
-    assert torch.equal(out.mask, slots[None, :] < out.lengths[:, None].long())
-    assert torch.equal(out.indices[~out.mask], torch.full_like(out.indices[~out.mask], -1))
-    assert torch.all(out.tokens[~out.mask] == 0) and not out.tokens[~out.mask].isnan().any()
-    kept = out.indices.clamp(min=0)
-    gathered = torch.gather(tokens, 1, kept[:, :, None].expand(-1, -1, tokens.shape[-1]))
-    assert torch.equal(out.tokens[out.mask], gathered[out.mask])
-    for b in range(out.indices.shape[0]):  # ascending, distinct
-        idx = out.indices[b][out.mask[b]]
-        assert torch.all(idx[1:] > idx[:-1])
+    check_result_invariants(out, tokens, 0, out.indices.shape[-1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,7 +80,7 @@ def test_identical_indices_with_scores(shape):
     scores[:, ::3] = 0.25  # many exact ties: broken towards the lower index
     kw = dict(energy=0.95, sketch_size=l, max_tokens=min(n, l + 3))
     out, ref = run(x, scores, **kw), run(x, scores, backend="reference", **kw)
-    assert_matches_reference(out, ref, 0.95, same_indices=True)
+    assert_matches_reference(out, ref, 0.95, same_selection=True)
     assert_padding(out, x)
 
 
@@ -159,7 +111,7 @@ def test_dtypes(dtype):
         assert out.tokens.dtype == dtype and out.indices.dtype == torch.int64
         assert out.lengths.dtype == torch.int32 and out.mask.dtype == torch.bool
         assert out.singular_values.dtype == torch.float32 and out.total_energy.dtype == torch.float32
-        assert_matches_reference(out, ref, 0.95, same_indices=sc is not None)
+        assert_matches_reference(out, ref, 0.95, same_selection=sc is not None)
         assert_padding(out, x)
 
 
@@ -168,7 +120,7 @@ def test_float64_keeps_digits_beyond_float32():
     x = spectrum_image(2, 64, 96, decay=0.7, dtype=torch.float64, seed=8)
     kw = dict(energy=1.0, sketch_size=32, power_iters=3)
     out, ref = run(x, **kw), run(x, backend="reference", **kw)
-    assert_matches_reference(out, ref, 1.0, sigma_rtol=1e-9)
+    assert_matches_reference(out, ref, 1.0, sigma_tol=1e-9)
 
 
 def test_no_unwritten_output_elements():
@@ -188,7 +140,7 @@ def test_no_unwritten_output_elements():
             assert int(out.lengths.min()) >= 2 and int(out.lengths.max()) <= 40
             assert_padding(out, x)
             ref = run(x, scores, backend="reference", energy=0.9, sketch_size=16, max_tokens=40, min_tokens=2)
-            assert_matches_reference(out, ref, 0.9, same_indices=scores is not None)
+            assert_matches_reference(out, ref, 0.9, same_selection=scores is not None)
         budget = ek.spectral_budget(x, backend="cpu", sketch_size=16)
         assert not budget.singular_values.isnan().any() and not budget.total_energy.isnan().any()
     finally:
@@ -220,7 +172,7 @@ def test_flat_images():
         assert torch.all(out.singular_values[b] == 0) and out.total_energy[b] == 0
         assert out.lengths[b] == 3 and not out.saturated[b]
         assert torch.equal(out.indices[b][:3], torch.arange(3))  # zero leverage: ties to the lower index
-    assert_matches_reference(out, ref, 0.9, same_indices=True)
+    assert_matches_reference(out, ref, 0.9, same_selection=True)
     assert_padding(out, x)
 
 
@@ -238,7 +190,7 @@ def test_nonfinite_images_with_validate_false():
             assert out.singular_values[b].isnan().all() and out.total_energy[b].isnan()
             assert out.saturated[b] and out.lengths[b] == 20
             assert torch.equal(out.indices[b], torch.arange(20))
-        assert_matches_reference(out, ref, 0.9, same_indices=True)
+        assert_matches_reference(out, ref, 0.9, same_selection=True)
         torch.testing.assert_close(out.tokens, ref.tokens, equal_nan=True, rtol=0, atol=0)
     with pytest.raises(ValueError, match="tokens: expected finite values"):
         run(x)
@@ -264,93 +216,113 @@ def test_single_image_and_saturation():
 
 
 # ------------------------------------------------------------------------------------------------
-# The C++ boundary: the extension functions called directly raise what the Python API raises.
+# Bad arguments: checked once, in Python, whatever the backend; the extension called directly checks
+# what protects memory (csrc/common/checks.h) with the same error types and argument names.
 
-def _direct_prune(tokens, scores=None, energy=0.9, center=True, sketch_size=8, power_iters=1, min_tokens=1,
-                  max_tokens=None, seed=0, sketch_matrix=None):
-    return _C.adaptive_prune(tokens, scores, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                             seed, sketch_matrix)
-
-
-def _direct_budget(tokens, energy=0.9, center=True, sketch_size=8, power_iters=1, min_tokens=1, max_tokens=None,
-                   seed=0, sketch_matrix=None):
-    return _C.spectral_budget(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens, seed,
-                              sketch_matrix)
+def _direct(tokens, scores=None, energy=0.9, center=True, sketch_size=8, power_iters=1, min_tokens=1,
+            max_tokens=8, seed=0, sketch_matrix=None, cu_seqlens=None, budgets=None, select=True):
+    """The extension's one entry point; sketch_size and max_tokens are the RESOLVED l and M."""
+    return _C.run(tokens, cu_seqlens, scores, sketch_matrix, budgets, energy, center, sketch_size, power_iters,
+                  min_tokens, max_tokens, seed, select)
 
 
 X = torch.randn(2, 16, 12)
-BAD_ARGUMENTS = [  # (name, keyword arguments, the argument the message names)
-    ("tokens-not-tensor", dict(tokens=[[1.0]]), "tokens"),
-    ("tokens-int", dict(tokens=torch.ones(2, 16, 12, dtype=torch.int32)), "tokens"),
-    ("tokens-rank4", dict(tokens=torch.zeros(1, 2, 16, 12)), "tokens"),
-    ("tokens-empty", dict(tokens=torch.zeros(2, 0, 12)), "tokens"),
-    ("scores-not-tensor", dict(scores=[0.0] * 16), "scores"),
-    ("scores-int", dict(scores=torch.ones(2, 16, dtype=torch.int64)), "scores"),
-    ("scores-shape", dict(scores=torch.ones(2, 15)), "scores"),
-    ("energy-zero", dict(energy=0.0), "energy"),
-    ("energy-above-one", dict(energy=1.5), "energy"),
-    ("energy-nan", dict(energy=math.nan), "energy"),
-    ("energy-str", dict(energy="0.9"), "energy"),
-    ("energy-bool", dict(energy=True), "energy"),
-    ("center-int", dict(center=1), "center"),
-    ("sketch-size-zero", dict(sketch_size=0), "sketch_size"),
-    ("sketch-size-float", dict(sketch_size=8.0), "sketch_size"),
-    ("sketch-size-bool", dict(sketch_size=True), "sketch_size"),
-    ("power-iters-negative", dict(power_iters=-1), "power_iters"),
-    ("min-tokens-zero", dict(min_tokens=0), "min_tokens"),
-    ("min-above-max", dict(min_tokens=9, max_tokens=8), "min_tokens"),
-    ("max-tokens-above-n", dict(max_tokens=17), "max_tokens"),
-    ("max-tokens-zero", dict(max_tokens=0), "max_tokens"),
-    ("max-tokens-str", dict(max_tokens="4"), "max_tokens"),
-    ("seed-negative", dict(seed=-1), "seed"),
-    ("seed-too-big", dict(seed=2**63), "seed"),
-    ("seed-huge", dict(seed=2**70), "seed"),
-    ("seed-float", dict(seed=1.0), "seed"),
-    ("sketch-not-tensor", dict(sketch_matrix=[[1.0]]), "sketch_matrix"),
-    ("sketch-int", dict(sketch_matrix=torch.ones(12, 8, dtype=torch.int32)), "sketch_matrix"),
-    ("sketch-shape", dict(sketch_matrix=torch.ones(12, 7)), "sketch_matrix"),
+BAD_ARGUMENTS = [  # (name, keyword arguments, the argument the message names, checked at the C++ boundary too)
+    ("tokens-not-tensor", dict(tokens=[[1.0]]), "tokens", True),
+    ("tokens-int", dict(tokens=torch.ones(2, 16, 12, dtype=torch.int32)), "tokens", True),
+    ("tokens-rank4", dict(tokens=torch.zeros(1, 2, 16, 12)), "tokens", True),
+    ("tokens-empty", dict(tokens=torch.zeros(2, 0, 12)), "tokens", True),
+    ("scores-not-tensor", dict(scores=[0.0] * 16), "scores", True),
+    ("scores-int", dict(scores=torch.ones(2, 16, dtype=torch.int64)), "scores", True),
+    ("scores-shape", dict(scores=torch.ones(2, 15)), "scores", True),
+    ("energy-zero", dict(energy=0.0), "energy", False),
+    ("energy-above-one", dict(energy=1.5), "energy", False),
+    ("energy-nan", dict(energy=math.nan), "energy", False),
+    ("energy-str", dict(energy="0.9"), "energy", True),
+    ("energy-bool", dict(energy=True), "energy", True),
+    ("center-int", dict(center=1), "center", True),
+    ("sketch-size-zero", dict(sketch_size=0), "sketch_size", True),
+    ("sketch-size-float", dict(sketch_size=8.0), "sketch_size", True),
+    ("sketch-size-bool", dict(sketch_size=True), "sketch_size", True),
+    ("power-iters-negative", dict(power_iters=-1), "power_iters", False),
+    ("min-tokens-zero", dict(min_tokens=0), "min_tokens", False),
+    ("min-above-max", dict(min_tokens=9, max_tokens=8), "min_tokens", False),
+    ("max-tokens-above-n", dict(max_tokens=17), "max_tokens", True),
+    ("max-tokens-zero", dict(max_tokens=0), "max_tokens", True),
+    ("max-tokens-str", dict(max_tokens="4"), "max_tokens", True),
+    ("seed-negative", dict(seed=-1), "seed", False),
+    ("seed-too-big", dict(seed=2**63), "seed", True),
+    ("seed-huge", dict(seed=2**70), "seed", True),
+    ("seed-float", dict(seed=1.0), "seed", True),
+    ("sketch-not-tensor", dict(sketch_matrix=[[1.0]]), "sketch_matrix", True),
+    ("sketch-int", dict(sketch_matrix=torch.ones(12, 8, dtype=torch.int32)), "sketch_matrix", True),
+    ("sketch-shape", dict(sketch_matrix=torch.ones(12, 7)), "sketch_matrix", True),
 ]
 
 
-def _python_error(kwargs):
+def _python_error(kwargs, backend):
     args = dict(tokens=X, scores=None, energy=0.9, center=True, sketch_size=8, power_iters=1, min_tokens=1,
                 max_tokens=None, seed=0, sketch_matrix=None)
     args.update(kwargs)
     tokens, scores = args.pop("tokens"), args.pop("scores")
     with pytest.raises((TypeError, ValueError)) as info:
-        ek.adaptive_prune(tokens, scores, backend="reference", **args)
-    return info.type
+        ek.adaptive_prune(tokens, scores, backend=backend, **args)
+    return info.type, str(info.value)
 
 
 @pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=lambda c: c[0])
-def test_cpp_boundary_raises_like_python(case):
-    _, kwargs, name = case
-    expected = _python_error(kwargs)
+def test_bad_arguments_raise_like_the_reference(case):
+    """Through the public functions on the cpu backend: the reference's error type and argument name."""
+    _, kwargs, name, _ = case
+    expected, reference_message = _python_error(kwargs, "reference")
+    got, message = _python_error(kwargs, "cpu")
+    assert got is expected and message == reference_message, message
+    if "scores" not in kwargs:
+        args = dict(kwargs)
+        tokens = args.pop("tokens", X)
+        with pytest.raises(expected, match=f"^{name}:"):
+            ek.spectral_budget(tokens, backend="cpu", **{"sketch_size": 8, **args})
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_ARGUMENTS if c[3]], ids=lambda c: c[0])
+def test_cpp_boundary_checks_what_protects_memory(case):
+    """The extension called directly raises the Python API's error type, naming the argument."""
+    _, kwargs, name, _ = case
+    expected, _ = _python_error(kwargs, "reference")
     with pytest.raises(expected) as info:
-        _direct_prune(**{"tokens": X, **kwargs})
+        _direct(**{"tokens": X, **kwargs})
     assert str(info.value).startswith(f"{name}:") or f"\n{name}:" in str(info.value), str(info.value)
     if "scores" not in kwargs:
         with pytest.raises(expected):
-            _direct_budget(**{"tokens": X, **kwargs})
+            _direct(**{"tokens": X, **kwargs, "select": False})
 
 
-def test_cpp_boundary_rank_and_device():
+def test_cpp_boundary_rank_device_resolved_sizes_and_budgets():
     with pytest.raises(ValueError, match="tokens: expected rank 3"):
-        _direct_prune(torch.zeros(16, 12))  # the extension takes batched tokens only
+        _direct(torch.zeros(16, 12))  # dense input is batched; [T, D] needs cu_seqlens
     with pytest.raises(ValueError, match="tokens: expected a cpu tensor"):
-        _direct_prune(torch.zeros(2, 16, 12, device="meta"))
+        _direct(torch.zeros(2, 16, 12, device="meta"))
+    with pytest.raises(ValueError, match=r"sketch_size: expected the resolved l = min\(sketch_size, N, D\) in \[1, 12\]"):
+        _direct(X, sketch_size=13)  # not resolved: the extension would read past D
+    with pytest.raises(TypeError, match="budgets: expected dtype int32 or int64"):
+        _direct(X, budgets=torch.ones(2))
+    with pytest.raises(ValueError, match=r"budgets: expected shape \(2,\)"):
+        _direct(X, budgets=torch.ones(3, dtype=torch.int32))
     with pytest.raises(ValueError, match="num_features"):
         _C.gaussian_sketch(0, 4, 0)
     with pytest.raises(TypeError, match="seed"):
         _C.gaussian_sketch(4, 4, "0")
 
 
-def test_direct_call_resolves_defaults_like_make_config():
-    x = spectrum_image(2, 16, 12, seed=1)
-    kept, indices, lengths, mask, sigma, energy, saturated = _direct_prune(x, sketch_size=100, max_tokens=None)
-    assert sigma.shape == (2, 12) and indices.shape == (2, 12)  # l = min(sketch_size, N, D) = max_tokens
+def test_direct_call_with_a_resolved_config_equals_the_public_call():
+    """The extension takes the resolved l and M; out-of-range budgets are clamped to [0, M], not read."""
+    x = make_tokens(2, 16, 12, "geometric", seed=1)
+    kept, indices, lengths, mask, sigma, energy, saturated = _direct(x, sketch_size=12, max_tokens=12)
     ref = run(x, backend="reference", energy=0.9, sketch_size=100, power_iters=1)
+    assert sigma.shape == (2, 12) and indices.shape == (2, 12)
     assert torch.equal(lengths, ref.lengths)
+    fields = _direct(x, sketch_size=12, max_tokens=12, budgets=torch.tensor([-3, 40], dtype=torch.int32))
+    assert fields[2].tolist() == [0, 12] and fields[3].sum(1).tolist() == [0, 12]
 
 
 @pytest.mark.parametrize("precision", ["medium", "high"])

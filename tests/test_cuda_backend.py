@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import eadaprune_kernels as ek
-from eadaprune_kernels.reference import ENERGY_SLACK
 from eadaprune_kernels.sketch import gaussian_sketch
+
+from helpers import assert_matches_reference, make_tokens
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,31 +22,22 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def cuda_ext():
-    module = pytest.importorskip("eadaprune_kernels.cuda_backend", reason="CUDA extension not built")
-    return module._C_cuda
+    return pytest.importorskip("eadaprune_kernels._C_cuda", reason="CUDA extension not built")
 
 
 def tokens(batch, n, d, *, decay=0.6, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = min(n, d)
-    u = torch.linalg.qr(torch.randn(batch, n, r, generator=g, dtype=torch.float64)).Q
-    v = torch.linalg.qr(torch.randn(batch, d, r, generator=g, dtype=torch.float64)).Q
-    s = decay ** torch.arange(r, dtype=torch.float64)
-    x = (u * s) @ v.mT + 3.0 * torch.randn(batch, 1, d, generator=g, dtype=torch.float64)
-    return x.to(dtype)
+    return make_tokens(batch, n, d, "geometric", decay=decay, dtype=dtype, seed=seed)
 
 
 def compare(out, ref, energy):
-    scale = ref.singular_values.abs().amax(-1, keepdim=True).clamp_min(1e-30)
-    err = ((out.singular_values.cpu() - ref.singular_values).abs() / scale).nan_to_num(0.0)
-    assert err.max().item() <= 1e-4
-    torch.testing.assert_close(out.total_energy.cpu(), ref.total_energy, rtol=1e-5, atol=0, equal_nan=True)
-    for b in range(ref.lengths.numel()):
-        if int(out.lengths[b]) != int(ref.lengths[b]):
-            cumulative = torch.cumsum(ref.singular_values[b].double().square(), 0)
-            target = (energy - ENERGY_SLACK) * ref.total_energy[b].double()
-            lo, hi = sorted((int(out.lengths[b]), int(ref.lengths[b])))
-            assert ((cumulative[max(lo - 1, 0):hi] - target).abs() <= 1e-4 * ref.total_energy[b]).any()
+    assert_matches_reference(out, ref, energy)
+
+
+def direct(ext, x, *, cu_seqlens=None, scores=None, sketch_size, max_tokens, budgets=None, select=True, energy=0.9,
+           power_iters=1, min_tokens=1, seed=0, sketch_matrix=None):
+    """The extension's one entry point (resolved sketch_size and max_tokens)."""
+    return ext.run(x, cu_seqlens, scores, sketch_matrix, budgets, energy, True, sketch_size, power_iters, min_tokens,
+                   max_tokens, seed, select)
 
 
 def test_sketch_matches_python_stream(cuda_ext):
@@ -88,22 +80,25 @@ def test_flat_nonfinite_and_override(cuda_ext):
 
 def test_cpp_boundary(cuda_ext):
     with pytest.raises(ValueError, match="tokens: expected a cuda tensor"):
-        cuda_ext.adaptive_prune(torch.zeros(2, 4, 3), None, 0.9, True, 2, 1, 1, None, 0, None)
+        direct(cuda_ext, torch.zeros(2, 4, 3), sketch_size=2, max_tokens=2)
     x = torch.zeros(2, 4, 3, device="cuda")
     with pytest.raises(ValueError, match="scores: expected device"):
-        cuda_ext.adaptive_prune(x, torch.zeros(2, 4), 0.9, True, 2, 1, 1, None, 0, None)
+        direct(cuda_ext, x, scores=torch.zeros(2, 4), sketch_size=2, max_tokens=2)
     with pytest.raises(TypeError, match="energy"):
-        cuda_ext.spectral_budget(x, "0.9", True, 2, 1, 1, None, 0, None)
+        cuda_ext.run(x, None, None, None, None, "0.9", True, 2, 1, 1, 2, 0, False)
     with pytest.raises(ValueError, match="max_tokens"):
-        cuda_ext.spectral_budget(x, 0.9, True, 2, 1, 1, 5, 0, None)
+        direct(cuda_ext, x, sketch_size=2, max_tokens=5, select=False)
+    with pytest.raises(ValueError, match=r"cu_seqlens: expected cu_seqlens\[-1\] = 8"):
+        direct(cuda_ext, x.reshape(8, 3), cu_seqlens=torch.tensor([0, 3, 7], device="cuda"), sketch_size=2,
+               max_tokens=2)
 
 
 def test_empty_batch_through_the_extension(cuda_ext):
     """B = 0 used to launch kernels with an empty grid ("invalid configuration argument")."""
     x = torch.zeros(0, 6, 4, device="cuda")
-    budgets, sigma, energy, saturated = cuda_ext.spectral_budget(x, 0.9, True, 4, 1, 1, None, 0, None)
+    budgets, sigma, energy, saturated = direct(cuda_ext, x, sketch_size=4, max_tokens=4, select=False)
     assert budgets.shape == (0,) and sigma.shape == (0, 4) and energy.shape == (0,) and saturated.shape == (0,)
-    kept, indices, lengths, mask, *_ = cuda_ext.adaptive_prune(x, None, 0.9, True, 4, 1, 1, None, 0, None, None)
+    kept, indices, lengths, mask, *_ = direct(cuda_ext, x, sketch_size=4, max_tokens=4)
     assert kept.shape == (0, 4, 4) and indices.shape == (0, 4) and lengths.shape == (0,) and mask.shape == (0, 4)
 
 
@@ -112,7 +107,7 @@ def test_budgets_outside_their_range_are_clamped_on_the_device(cuda_ext):
     device, so the selection never writes past an image's M slots."""
     x = tokens(3, 64, 96, seed=4).cuda()
     budgets = torch.tensor([-5, 7, 1000], dtype=torch.int32, device="cuda")
-    kept, indices, lengths, mask, *_ = cuda_ext.adaptive_prune(x, None, 0.9, True, 16, 1, 1, 12, 0, None, budgets)
+    kept, indices, lengths, mask, *_ = direct(cuda_ext, x, sketch_size=16, max_tokens=12, budgets=budgets)
     torch.cuda.synchronize()
     assert lengths.cpu().tolist() == [0, 7, 12]
     assert mask.cpu().sum(1).tolist() == [0, 7, 12]
@@ -159,12 +154,12 @@ def test_small_shapes_for_the_sanitizer(cuda_ext):
         out = ek.adaptive_prune(x, sc, backend="cuda", sketch_size=8, max_tokens=12)
         assert out.lengths.shape == (3,)
     shares = torch.tensor([3, 12, 5], dtype=torch.int32, device="cuda")
-    cuda_ext.adaptive_prune(x, None, 0.9, True, 8, 1, 1, 12, 0, None, shares)
+    direct(cuda_ext, x, sketch_size=8, max_tokens=12, budgets=shares)
     y = x.clone()
     y[2, 0, 0] = float("nan")
     ek.adaptive_prune(y, backend="cuda", sketch_size=8, validate=False)
     images = [tokens(1, n, 24, seed=n)[0].cuda() for n in (7, 40, 40, 3)]
     out = ek.adaptive_prune(images, backend="cuda", sketch_size=8)
     assert out.lengths.shape == (4,)
-    cuda_ext.spectral_budget(torch.zeros(0, 5, 4, device="cuda"), 0.9, True, 4, 1, 1, None, 0, None)
+    direct(cuda_ext, torch.zeros(0, 5, 4, device="cuda"), sketch_size=4, max_tokens=4, select=False)
     torch.cuda.synchronize()

@@ -12,17 +12,14 @@ import pytest
 import torch
 
 import eadaprune_kernels as ek
-from eadaprune_kernels import allocate_budgets, reference
+from eadaprune_kernels import allocate_budgets
 from eadaprune_kernels.backends import available_backends
 
 from conftest import INT_POISON
-from helpers import (assert_close_verbose, assert_ragged_equals_alone, cu_seqlens_of, knife_edge,
-                     ragged_images)
+from helpers import (assert_close_verbose, assert_matches_reference, assert_ragged_equals_alone, assert_same_result,
+                     cu_seqlens_of, ragged_images)
 
-cpu_backend = pytest.importorskip("eadaprune_kernels.cpu_backend", reason="native CPU extension not built")
-_C = cpu_backend._C
-
-FIELDS = ("tokens", "indices", "lengths", "mask", "singular_values", "total_energy", "saturated")
+_C = pytest.importorskip("eadaprune_kernels._C", reason="native CPU extension not built")
 
 
 def _native_params():
@@ -32,7 +29,7 @@ def _native_params():
         reason = "no CUDA device"
     else:
         try:
-            import eadaprune_kernels.cuda_backend  # noqa: F401
+            import eadaprune_kernels._C_cuda  # noqa: F401
         except ImportError as exc:
             reason = str(exc)
     params.append(pytest.param("cuda", "cuda", id="cuda", marks=[pytest.mark.skip(reason=reason)] if reason else []))
@@ -43,21 +40,7 @@ NATIVE = _native_params()
 
 
 def _assert_matches_reference(got, ref, energy, rtol=1e-4):
-    """test_cross_backend's tolerances: sigma / sigma_1, energy, budgets and selection off a knife edge."""
-    got = type(got)(**{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(got).items()})
-    scale = ref.singular_values.abs().amax(1, keepdim=True).clamp_min(1e-30)
-    assert_close_verbose(got.singular_values / scale, ref.singular_values / scale, atol=rtol, rtol=0,
-                         what="singular values / sigma_max")
-    assert_close_verbose(got.total_energy, ref.total_energy, atol=0, rtol=rtol, what="total energy")
-    edge = knife_edge(ref.singular_values, ref.total_energy, energy, 1e-4)
-    lengths = getattr(got, "lengths", None)
-    if lengths is None:
-        lengths, ref_lengths = got.budgets, ref.budgets
-    else:
-        ref_lengths = ref.lengths
-    assert bool(((lengths == ref_lengths) | edge).all()), f"budgets differ off a knife edge: {lengths} vs {ref_lengths}"
-    assert torch.equal(got.saturated[~edge], ref.saturated[~edge])
-    return ~edge
+    return assert_matches_reference(got, ref, energy, sigma_tol=rtol)
 
 
 SIZES = [1, 9, 40, 40, 40, 23, 2, 8, 300, 1, 7]  # N_i = 1, < L, = L, > L, runs of equal N
@@ -84,23 +67,13 @@ def test_equals_the_ragged_reference_and_each_image_alone(backend, device, with_
     # packed input with int32 cu_seqlens is the same call
     packed = ek.adaptive_prune(torch.cat(images), None if scores is None else torch.cat(scores),
                                cu_seqlens=cu_seqlens_of(SIZES, torch.int32, device), backend=backend, **kwargs)
-    for name in FIELDS:
-        assert torch.equal(getattr(packed, name), getattr(got, name)), name
+    assert_same_result(packed, got)
 
     budget = ek.spectral_budget(images, backend=backend, **kwargs)
     assert budget.backend == backend and budget.singular_values.shape == (len(SIZES), 8)
     assert torch.equal(budget.budgets, got.lengths)  # finite scores change the selection, not the budgets
     assert_close_verbose(budget.singular_values, got.singular_values, atol=1e-6, rtol=1e-5, what="budget sigma")
-    _assert_matches_reference(budget, reference.spectral_budget_ragged(
-        torch.cat(cpu_images), cu_seqlens_of(SIZES), _ragged_cfg(torch.cat(cpu_images), kwargs)), 0.9)
-
-
-def _ragged_cfg(tokens, kwargs):
-    from eadaprune_kernels._validation import make_config
-    full = dict(energy=0.99, center=True, sketch_size=128, power_iters=2, min_tokens=1, max_tokens=None, seed=0,
-                sketch_matrix=None)
-    full.update(kwargs)
-    return make_config(tokens, ragged=True, **full)
+    _assert_matches_reference(budget, ek.spectral_budget(cpu_images, backend="reference", **kwargs), 0.9)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
@@ -127,8 +100,7 @@ def test_sketch_matrix_uses_its_first_columns_per_image():
     # the generated sketch, passed explicitly, changes nothing: images take the first l_i columns of [D, L]
     generated = ek.adaptive_prune(images, sketch_size=8, seed=4, backend="cpu")
     explicit = ek.adaptive_prune(images, sketch_size=8, sketch_matrix=_C.gaussian_sketch(10, 8, 4), backend="cpu")
-    for name in FIELDS:
-        assert torch.equal(getattr(explicit, name), getattr(generated, name)), name
+    assert_same_result(explicit, generated)
     # another sketch: as the reference and as each image alone with its first l_i columns
     other = torch.randn(10, 8, generator=torch.Generator().manual_seed(3))
     kwargs = dict(sketch_size=8, sketch_matrix=other, energy=0.9)
@@ -136,7 +108,7 @@ def test_sketch_matrix_uses_its_first_columns_per_image():
     assert_ragged_equals_alone(got, images, None, kwargs, "cpu", exact=False)
     _assert_matches_reference(got, ek.adaptive_prune(images, backend="reference", **kwargs), 0.9)
     with pytest.raises(ValueError, match=r"sketch_matrix: expected shape \(10, 8\) = \(D, min\(sketch_size, D\)\)"):
-        _C.adaptive_prune_ragged(torch.cat(images), cu_seqlens_of(sizes), None, 0.9, True, 8, 1, 1, None, 0, other[:, :3])
+        _C.run(torch.cat(images), cu_seqlens_of(sizes), None, other[:, :3], None, 0.9, True, 8, 1, 1, 8, 0, True)
 
 
 @pytest.mark.parametrize("backend,device", NATIVE)
@@ -193,20 +165,21 @@ def test_total_budget_and_budgets_override(backend, device):
     with pytest.raises(ValueError, match=r"total_budget: expected between sum\(min_i\)"):
         ek.adaptive_prune(images, total_budget=int(maxes.sum()) + 1, backend=backend, **kwargs)
 
-    # the extension takes the budgets directly: each image keeps exactly its given share
+    # the extension takes the budgets directly: each image keeps its given share, clamped to [0, max_i]
+    # (the values of a device tensor are never read on the host; a share past max_i would write past the
+    # image's slots)
     if device == "cpu":
         x, cu = torch.cat(images), cu_seqlens_of(sizes)
         given = torch.tensor([2, 12, 1, 3, 7, 9, 2], dtype=torch.int32)  # in [min_i, max_i] of each image
-        out = _C.adaptive_prune_ragged(x, cu, None, 0.95, True, 8, 1, 2, 12, 0, None, given)
+        out = _C.run(x, cu, None, None, given, 0.95, True, 8, 1, 2, 12, 0, True)
         assert torch.equal(out[2], given) and torch.equal(out[3].sum(1).to(torch.int32), given)
-        for bad, pattern in ((torch.tensor([1, 12, 1, 3, 7, 9, 2]), r"budgets: expected image 0's budget in .* = \[2, 2\], got 1"),
-                             (torch.tensor([2, 13, 1, 3, 7, 9, 2]), r"budgets: expected image 1's budget in .* = \[2, 12\], got 13"),
-                             (torch.tensor([2, 12, 2, 3, 7, 9, 2]), r"budgets: expected image 2's budget in .* = \[1, 1\], got 2"),
-                             (torch.ones(6, dtype=torch.int64), r"budgets: expected shape \(7,\)")):
-            with pytest.raises(ValueError, match=pattern):
-                _C.adaptive_prune_ragged(x, cu, None, 0.95, True, 8, 1, 2, 12, 0, None, bad)
+        wild = torch.tensor([-4, 13, 2, 3, 7, 100, 2])
+        out = _C.run(x, cu, None, None, wild, 0.95, True, 8, 1, 2, 12, 0, True)
+        assert out[2].tolist() == [0, 12, 1, 3, 7, 9, 2] and out[3].sum(1).tolist() == [0, 12, 1, 3, 7, 9, 2]
+        with pytest.raises(ValueError, match=r"budgets: expected shape \(7,\)"):
+            _C.run(x, cu, None, None, torch.ones(6, dtype=torch.int64), 0.95, True, 8, 1, 2, 12, 0, True)
         with pytest.raises(TypeError, match=r"budgets: expected dtype int32 or int64"):
-            _C.adaptive_prune_ragged(x, cu, None, 0.95, True, 8, 1, 2, 12, 0, None, given.float())
+            _C.run(x, cu, None, None, given.float(), 0.95, True, 8, 1, 2, 12, 0, True)
 
 
 def test_many_images_and_thread_counts_agree():
@@ -268,7 +241,7 @@ def test_auto_dispatch_picks_cpu_for_ragged_input():
     assert ek.spectral_budget(images, sketch_size=3).backend == "cpu"
 
 
-# ---- the C++ boundary: the extension's ragged functions raise what the Python API raises ------------
+# ---- bad arguments: checked once in Python; the extension called directly checks what protects memory ----
 
 X = torch.randn(10, 4)
 
@@ -297,68 +270,89 @@ def _python_error_type(call):
     return info.type
 
 
+def _direct(tokens, cu_seqlens, scores=None, energy=0.9, center=True, sketch_size=2, power_iters=1, min_tokens=1,
+            max_tokens=2, seed=0, sketch_matrix=None, budgets=None, select=True):
+    """The extension's one entry point; sketch_size and max_tokens are the RESOLVED L and M."""
+    return _C.run(tokens, cu_seqlens, scores, sketch_matrix, budgets, energy, center, sketch_size, power_iters,
+                  min_tokens, max_tokens, seed, select)
+
+
 @pytest.mark.parametrize("case", CU_CASES, ids=[c[0] for c in CU_CASES])
-def test_cpp_boundary_checks_cu_seqlens_like_python(case):
+def test_cu_seqlens_checks_on_the_cpu_backend_and_at_the_cpp_boundary(case):
     _, cu, pattern = case
     expected = _python_error_type(lambda: ek.adaptive_prune(X, cu_seqlens=cu, sketch_size=2, backend="reference"))
     with pytest.raises(expected, match=pattern):
-        _C.adaptive_prune_ragged(X, cu, None, 0.9, True, 2, 1, 1, None, 0, None)
-    with pytest.raises(expected, match=pattern):
-        _C.spectral_budget_ragged(X, cu, 0.9, True, 2, 1, 1, None, 0, None)
+        ek.adaptive_prune(X, cu_seqlens=cu, sketch_size=2, backend="cpu")
+    if isinstance(cu, torch.Tensor):  # a list is turned away by the bindings' type check
+        for select in (True, False):
+            with pytest.raises(expected, match=pattern):
+                _direct(X, cu, select=select)
+    else:
+        with pytest.raises(TypeError, match="cu_seqlens: expected a torch.Tensor"):
+            _direct(X, cu)
 
 
 CU = torch.tensor([0, 4, 10])
-BAD_ARGUMENTS = [  # (name, keyword arguments, the argument the message names)
-    ("tokens-not-tensor", dict(tokens=[[1.0]]), "tokens"),
-    ("tokens-int", dict(tokens=torch.ones(10, 4, dtype=torch.int32)), "tokens"),
-    ("tokens-rank3", dict(tokens=torch.zeros(1, 10, 4)), "tokens"),
-    ("tokens-no-features", dict(tokens=torch.zeros(10, 0)), "tokens"),
-    ("scores-not-tensor", dict(scores=[0.0] * 10), "scores"),
-    ("scores-int", dict(scores=torch.ones(10, dtype=torch.int64)), "scores"),
-    ("scores-shape", dict(scores=torch.ones(9)), "scores"),
-    ("scores-2d", dict(scores=torch.ones(2, 5)), "scores"),
-    ("energy-zero", dict(energy=0.0), "energy"),
-    ("energy-str", dict(energy="0.9"), "energy"),
-    ("center-int", dict(center=1), "center"),
-    ("sketch-size-zero", dict(sketch_size=0), "sketch_size"),
-    ("power-iters-negative", dict(power_iters=-1), "power_iters"),
-    ("min-tokens-zero", dict(min_tokens=0), "min_tokens"),
-    ("min-above-max", dict(min_tokens=5, max_tokens=4), "min_tokens"),
-    ("min-above-default-max", dict(min_tokens=3, sketch_size=2), "min_tokens"),
-    ("max-tokens-zero", dict(max_tokens=0), "max_tokens"),
-    ("seed-negative", dict(seed=-1), "seed"),
-    ("seed-float", dict(seed=1.0), "seed"),
-    ("sketch-int", dict(sketch_matrix=torch.ones(4, 2, dtype=torch.int32)), "sketch_matrix"),
-    ("sketch-shape", dict(sketch_matrix=torch.ones(4, 1)), "sketch_matrix"),
+BAD_ARGUMENTS = [  # (name, keyword arguments, the argument the message names, checked at the C++ boundary too)
+    ("tokens-not-tensor", dict(tokens=[[1.0]]), "tokens", True),
+    ("tokens-int", dict(tokens=torch.ones(10, 4, dtype=torch.int32)), "tokens", True),
+    ("tokens-rank3", dict(tokens=torch.zeros(1, 10, 4)), "tokens", True),
+    ("tokens-no-features", dict(tokens=torch.zeros(10, 0)), "tokens", True),
+    ("scores-not-tensor", dict(scores=[0.0] * 10), "scores", True),
+    ("scores-int", dict(scores=torch.ones(10, dtype=torch.int64)), "scores", True),
+    ("scores-shape", dict(scores=torch.ones(9)), "scores", True),
+    ("scores-2d", dict(scores=torch.ones(2, 5)), "scores", True),
+    ("energy-zero", dict(energy=0.0), "energy", False),
+    ("energy-str", dict(energy="0.9"), "energy", True),
+    ("center-int", dict(center=1), "center", True),
+    ("sketch-size-zero", dict(sketch_size=0), "sketch_size", True),
+    ("power-iters-negative", dict(power_iters=-1), "power_iters", False),
+    ("min-tokens-zero", dict(min_tokens=0), "min_tokens", False),
+    ("min-above-max", dict(min_tokens=5, max_tokens=4), "min_tokens", False),
+    ("min-above-default-max", dict(min_tokens=3, sketch_size=2), "min_tokens", False),
+    ("max-tokens-zero", dict(max_tokens=0), "max_tokens", True),
+    ("seed-negative", dict(seed=-1), "seed", False),
+    ("seed-float", dict(seed=1.0), "seed", True),
+    ("sketch-int", dict(sketch_matrix=torch.ones(4, 2, dtype=torch.int32)), "sketch_matrix", True),
+    ("sketch-shape", dict(sketch_matrix=torch.ones(4, 1)), "sketch_matrix", True),
 ]
 
 
 @pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=lambda c: c[0])
-def test_cpp_boundary_raises_like_python(case):
-    _, kwargs, name = case
+def test_bad_ragged_arguments(case):
+    """Every case through the public function on the cpu backend raises the reference's error; the
+    cases that protect memory also at the C++ boundary."""
+    _, kwargs, name, at_boundary = case
     args = dict(tokens=X, scores=None, energy=0.9, center=True, sketch_size=2, power_iters=1, min_tokens=1,
                 max_tokens=None, seed=0, sketch_matrix=None)
     args.update(kwargs)
     tokens, scores = args.pop("tokens"), args.pop("scores")
-    expected = _python_error_type(
-        lambda: ek.adaptive_prune(tokens, scores, cu_seqlens=CU, backend="reference", **args))
-    order = ("energy", "center", "sketch_size", "power_iters", "min_tokens", "max_tokens", "seed", "sketch_matrix")
-    positional = [args[k] for k in order]
+    with pytest.raises((TypeError, ValueError)) as reference_error:
+        ek.adaptive_prune(tokens, scores, cu_seqlens=CU, backend="reference", **args)
+    expected = reference_error.type
     with pytest.raises(expected) as info:
-        _C.adaptive_prune_ragged(tokens, CU, scores, *positional)
+        ek.adaptive_prune(tokens, scores, cu_seqlens=CU, backend="cpu", **args)
+    assert str(info.value) == str(reference_error.value)
+    if not at_boundary:
+        return
+    direct = dict(kwargs)
+    if direct.get("max_tokens") is None:
+        direct.pop("max_tokens", None)
+    with pytest.raises(expected) as info:
+        _direct(**{"tokens": X, "cu_seqlens": CU, **direct})
     assert str(info.value).startswith(f"{name}:") or f"\n{name}:" in str(info.value), str(info.value)
     if scores is None:
         with pytest.raises(expected):
-            _C.spectral_budget_ragged(tokens, CU, *positional)
+            _direct(**{"tokens": X, "cu_seqlens": CU, **direct, "select": False})
 
 
 def test_cpp_boundary_device_and_max_tokens_not_bounded_by_any_image():
     with pytest.raises(ValueError, match="tokens: expected a cpu tensor"):
-        _C.adaptive_prune_ragged(torch.zeros(10, 4, device="meta"), torch.tensor([0, 10], device="meta"), None,
-                                 0.9, True, 2, 1, 1, None, 0, None)
+        _direct(torch.zeros(10, 4, device="meta"), torch.tensor([0, 10], device="meta"))
+    with pytest.raises(ValueError, match=r"sketch_size: expected the resolved l = min\(sketch_size, D\) in \[1, 4\]"):
+        _direct(X, CU, sketch_size=100)
     # M = 9 exceeds every N_i: image i keeps at most max_i = min(9, N_i); the widths are the batch's
-    kept, indices, lengths, mask, sigma, energy, saturated = _C.adaptive_prune_ragged(
-        X, CU, None, 0.9, True, 100, 1, 1, 9, 0, None)
+    kept, indices, lengths, mask, sigma, energy, saturated = _direct(X, CU, sketch_size=4, max_tokens=9)
     assert kept.shape == (2, 9, 4) and sigma.shape == (2, 4)  # L = min(sketch_size, D)
     assert bool((indices[0, 4:] == -1).all()) and bool((sigma[0, 4:] == 0).all())
     ref = ek.adaptive_prune(X, cu_seqlens=CU, sketch_size=100, max_tokens=9, energy=0.9, power_iters=1,

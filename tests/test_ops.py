@@ -15,16 +15,17 @@ def test_prune_op_passes_opcheck(with_scores, with_sketch):
     x = torch.randn(2, 16, 8)
     scores = torch.randn(2, 16) if with_scores else None
     omega = torch.randn(8, 4) if with_sketch else None
-    torch.library.opcheck(prune_op, (x, scores, omega, 0.9, True, 4, 2, 1, 6, 0, "reference", True))
+    torch.library.opcheck(prune_op, (x, None, scores, omega, 0.9, True, 4, 2, 1, 6, 0, "reference", True))
 
 
 def test_budget_op_passes_opcheck():
     x = torch.randn(3, 10, 12, dtype=torch.float64)
-    torch.library.opcheck(budget_op, (x, None, 0.95, False, 5, 1, 2, 5, 7, "reference", False))
+    torch.library.opcheck(budget_op, (x, None, None, 0.95, False, 5, 1, 2, 5, 7, "reference", False))
 
 
 def test_empty_batch_through_the_ops():
-    torch.library.opcheck(prune_op, (torch.randn(0, 16, 8), None, None, 0.9, True, 4, 2, 1, 4, 0, "reference", True))
+    torch.library.opcheck(prune_op, (torch.randn(0, 16, 8), None, None, None, 0.9, True, 4, 2, 1, 4, 0, "reference",
+                                     True))
 
 
 def test_torch_compile_fullgraph_traces_adaptive_prune():

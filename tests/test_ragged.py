@@ -18,15 +18,15 @@ import torch
 from eadaprune_kernels import adaptive_prune, allocate_budgets, randomized_svdvals, spectral_budget
 from eadaprune_kernels import backends as backends_module
 from eadaprune_kernels.backends import RaggedUnsupported
-from eadaprune_kernels.ops import ragged_budget_op, ragged_prune_op
+from eadaprune_kernels.ops import budget_op, prune_op
 from eadaprune_kernels.sketch import gaussian_sketch
 
 from conftest import INT_POISON
-from helpers import (assert_close_verbose, assert_ragged_equals_alone, cu_seqlens_of, knife_edge,
+from helpers import (assert_close_verbose, assert_ragged_equals_alone, config, cu_seqlens_of, knife_edge,
                      ragged_images)
 
 try:
-    from eadaprune_kernels import triton_backend as tb
+    from eadaprune_kernels.backends import triton_kernel as tb
     TRITON_OK = tb._interpreting()  # these tests pass CPU tensors: the interpreter runs them
     TRITON_WHY = "the Triton backend was loaded without TRITON_INTERPRET=1 (CPU tensors need the interpreter)"
 except ImportError as exc:  # no triton installed
@@ -148,13 +148,10 @@ def test_triton_writes_every_output_element():
 @needs_triton
 def test_triton_kernel_clamps_garbage_cu_seqlens():
     """validate=False trusts a GPU cu_seqlens: the kernel must clamp it, never read or write out of bounds."""
-    from eadaprune_kernels._validation import make_config
-
     x = torch.randn(20, 8)
-    cfg = make_config(x, energy=0.9, center=True, sketch_size=4, power_iters=0, min_tokens=1, max_tokens=6,
-                      seed=0, sketch_matrix=None, ragged=True)
+    cfg = config(x, ragged=True, energy=0.9, sketch_size=4, power_iters=0, max_tokens=6)
     garbage = torch.tensor([-5, 50, 3, 3, 1000], dtype=torch.int32)  # out of range, decreasing, empty
-    r = tb.adaptive_prune_ragged(x, garbage, None, cfg)
+    r = tb.run(x, garbage, None, cfg, None, True)
     assert r.tokens.shape == (4, 6, 8)
     assert not bool(r.tokens.isnan().any()) and not bool((r.indices == INT_POISON).any())
     assert bool((r.lengths >= 0).all()) and bool((r.lengths <= 6).all())
@@ -372,6 +369,7 @@ def test_allocate_budgets_per_image_bounds():
 def test_backend_without_ragged_support_raises(monkeypatch):
     fake = types.ModuleType("_eadaprune_fake_dense_backend")
     fake.NAME = "fake-dense"
+    fake.SUPPORTS_RAGGED = False
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
     monkeypatch.setitem(backends_module.BACKENDS, "fake-dense", (fake.__name__, frozenset({"cpu"})))
     monkeypatch.setitem(backends_module.AUTO_ORDER, "cpu", ("fake-dense", "reference"))
@@ -390,7 +388,7 @@ def test_backend_without_ragged_support_raises(monkeypatch):
     # the op refuses it too, at its own dispatch point
     x, cu = torch.cat(images), cu_seqlens_of([4, 6])
     with pytest.raises(RaggedUnsupported):
-        ragged_budget_op(x, cu, None, 0.9, True, 3, 1, 1, 3, 0, "fake-dense", True)
+        budget_op(x, cu, None, 0.9, True, 3, 1, 1, 3, 0, "fake-dense", True)
 
 
 @pytest.mark.parametrize("with_scores", [False, True])
@@ -398,8 +396,8 @@ def test_ragged_ops_pass_opcheck(with_scores):
     x = torch.randn(19, 6)
     cu = torch.tensor([0, 4, 5, 19], dtype=torch.int32)
     scores = torch.randn(19) if with_scores else None
-    torch.library.opcheck(ragged_prune_op, (x, cu, scores, None, 0.9, True, 4, 1, 1, 7, 0, "reference", True))
-    torch.library.opcheck(ragged_budget_op, (x, cu, None, 0.9, True, 4, 1, 1, 7, 0, "reference", True, 9))
+    torch.library.opcheck(prune_op, (x, cu, scores, None, 0.9, True, 4, 1, 1, 7, 0, "reference", True))
+    torch.library.opcheck(budget_op, (x, cu, None, 0.9, True, 4, 1, 1, 7, 0, "reference", True, 9))
 
 
 def test_torch_compile_fullgraph_traces_a_ragged_call():

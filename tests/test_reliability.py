@@ -11,23 +11,14 @@ import torch
 
 from eadaprune_kernels import adaptive_prune, spectral_budget
 
-from helpers import backend_params, check_result_invariants, matrix_with_spectrum
+from helpers import assert_same_result, backend_params, check_result_invariants, make_tokens
 
 BACKENDS = backend_params(include_reference=True)
 
 
 def _spectral_input(b, n, d, seed, dtype=torch.float32):
     """Well-separated spectra (no knife edges at the energies used below)."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.05, 0.04, 0.03, 0.02], dtype=torch.float64)
-    return torch.stack([matrix_with_spectrum(s, n, d, g) for _ in range(b)]).to(dtype)
-
-
-def _assert_same(a, b):
-    for field in ("tokens", "indices", "lengths", "mask", "singular_values", "total_energy", "saturated"):
-        x, y = getattr(a, field), getattr(b, field)
-        assert torch.equal(x.cpu(), y.cpu()) or (x.is_floating_point() and torch.equal(x.isnan(), y.isnan())
-                                                 and torch.equal(x.nan_to_num(), y.nan_to_num())), field
+    return make_tokens(b, n, d, "separated", seed=seed, dtype=dtype)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -43,7 +34,7 @@ def test_strided_views_give_the_contiguous_result(backend, device):
         expected = adaptive_prune(x, sketch_size=8, backend=backend, **kwargs)
         for view in (transposed, sliced):
             assert not view.is_contiguous()
-            _assert_same(adaptive_prune(view, sketch_size=8, backend=backend, **kwargs), expected)
+            assert_same_result(adaptive_prune(view, sketch_size=8, backend=backend, **kwargs), expected)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -106,7 +97,7 @@ def test_bitwise_deterministic_and_thread_safe(backend, device):
     serial = [adaptive_prune(x[i:i + 2], sketch_size=8, seed=9, backend=backend) for i in range(3)]
     again = [adaptive_prune(x[i:i + 2], sketch_size=8, seed=9, backend=backend) for i in range(3)]
     for a, b in zip(serial, again):
-        _assert_same(a, b)
+        assert_same_result(a, b)
     results, errors = {}, []
 
     def work(t):
@@ -122,7 +113,7 @@ def test_bitwise_deterministic_and_thread_safe(backend, device):
         thread.join()
     assert not errors, errors
     for t, result in results.items():
-        _assert_same(result, serial[t % 3])
+        assert_same_result(result, serial[t % 3])
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[1] == "cpu"])

@@ -1,4 +1,4 @@
-"""Triton-specific tests of the fused one-launch backend (eadaprune_kernels/triton_backend.py).
+"""Triton-specific tests of the fused one-launch backend (eadaprune_kernels/backends/triton_kernel.py).
 
 Without CUDA the kernel runs under the Triton interpreter: this module sets TRITON_INTERPRET=1 before
 the backend (and so ``triton.jit``) is first imported. If another module imported the backend
@@ -21,11 +21,12 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
-from eadaprune_kernels import api, reference  # noqa: E402
-from eadaprune_kernels import triton_backend as tb  # noqa: E402
-from eadaprune_kernels._validation import make_config  # noqa: E402
+from eadaprune_kernels import api  # noqa: E402
+from eadaprune_kernels.backends import triton_kernel as tb  # noqa: E402
+from eadaprune_kernels.ground_truth import exact_svdvals  # noqa: E402
 
-from helpers import knife_edge  # noqa: E402
+from helpers import (assert_keeps_top_leverage, assert_matches_reference, check_result_invariants,  # noqa: E402
+                     config, make_tokens, run_backend)
 
 INTERPRETED = tb._interpreting()
 cpu_interp = pytest.mark.skipif(
@@ -36,51 +37,23 @@ CPU = torch.device("cpu")
 
 
 def _cfg(x, **kw):
-    args = dict(energy=0.9, center=True, sketch_size=16, power_iters=1, min_tokens=1, max_tokens=None,
-                seed=0, sketch_matrix=None)
-    args.update(kw)
-    return make_config(x, **args)
+    """This file's defaults: energy 0.9, l = 16, q = 1."""
+    return config(x, **{"energy": 0.9, "sketch_size": 16, "power_iters": 1, **kw})
 
 
 def _decaying(batch, n, d, decay=2.0, offset=3.0, seed=0, dtype=torch.float32, device=CPU):
     """Tokens with a geometric spectrum (sigma_j ~ 10^(-decay j / D)) and a dominant mean."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, n, d, generator=g, dtype=torch.float64)
-    x = x * torch.logspace(0, -decay, d, dtype=torch.float64) + offset
-    return x.to(device=device, dtype=dtype)
+    return make_tokens(batch, n, d, "logspace", decay=decay, mean_scale=offset, seed=seed, dtype=dtype,
+                       device=device)
 
 
-def _check_against_reference(got, ref, cfg, sigma_rtol=1e-4):
-    """Spectrum to sigma_rtol of the largest, energy, budgets (outside knife edges), flags."""
-    scale = ref.singular_values.abs().amax(1, keepdim=True).clamp_min(1e-30)
-    err = ((got.singular_values - ref.singular_values).abs() / scale).amax(1)
-    assert torch.all(err <= sigma_rtol), f"sigma error / sigma_1 per image: {err.tolist()}"
-    torch.testing.assert_close(got.total_energy, ref.total_energy, rtol=1e-5, atol=0)
-    edge = knife_edge(ref.singular_values, ref.total_energy, cfg.energy, 1e-4)
-    lengths = got.budgets if hasattr(got, "budgets") else got.lengths
-    ref_lengths = ref.budgets if hasattr(ref, "budgets") else ref.lengths
-    same = (lengths == ref_lengths) | edge
-    assert torch.all(same), f"budgets {lengths.tolist()} vs reference {ref_lengths.tolist()} (edge {edge.tolist()})"
-    assert torch.equal(got.saturated | edge, ref.saturated | edge)
-    return ~edge
+def _check_against_reference(got, ref, cfg):
+    """Spectrum to 1e-4 of sigma_1, energy, budgets (outside knife edges), flags; the images off a knife edge."""
+    return assert_matches_reference(got, ref, cfg.energy, sigma_tol=1e-4)
 
 
-def _check_padding(res, cfg, n):
-    m = cfg.max_tokens
-    slots = torch.arange(m)
-    mask = slots[None, :] < res.lengths[:, None]
-    assert res.tokens.shape[1:] == (m, res.tokens.shape[2]) and res.indices.dtype == torch.int64
-    assert res.lengths.dtype == torch.int32 and res.mask.dtype == torch.bool
-    assert torch.equal(res.mask, mask)
-    assert torch.all(res.indices[~mask] == -1)
-    assert torch.all(res.tokens[~mask] == 0)
-    kept = torch.where(mask, res.indices, torch.full_like(res.indices, n))
-    assert torch.all(kept.diff(dim=1) >= 0) and torch.all(res.indices[mask] >= 0)
-    assert torch.all(res.indices[mask] < n)
-    # strictly ascending within the kept part
-    for b in range(res.lengths.shape[0]):
-        idx = res.indices[b, : int(res.lengths[b])]
-        assert torch.all(idx.diff() > 0)
+def _check_padding(res, x, cfg):
+    check_result_invariants(res, x, min(cfg.min_tokens, cfg.max_tokens), cfg.max_tokens)
 
 
 SHAPES = [  # (B, N, D, sketch_size, power_iters, energy)
@@ -99,11 +72,11 @@ def test_scores_given_matches_reference(batch, n, d, l, q, energy):
     scores = torch.randn(batch, n, generator=torch.Generator().manual_seed(1))
     scores[:, ::3] = 0.5  # ties: the lower index must win
     cfg = _cfg(x, sketch_size=l, power_iters=q, energy=energy, seed=7)
-    got = tb.adaptive_prune(x, scores, cfg)
-    ref = reference.adaptive_prune(x, scores, cfg)
+    got = run_backend("triton", x, cfg, scores)
+    ref = run_backend("reference", x, cfg, scores)
     assert got.backend == "triton"
     ok = _check_against_reference(got, ref, cfg)
-    _check_padding(got, cfg, n)
+    _check_padding(got, x, cfg)
     assert torch.equal(got.indices[ok], ref.indices[ok])
     assert torch.equal(got.tokens[ok], ref.tokens[ok])
 
@@ -115,20 +88,11 @@ def test_leverage_selection_keeps_top_leverage(batch, n, d, l, q, energy):
     leverage up to 1e-4 (near-ties may legitimately swap between fp32 and fp64)."""
     x = _decaying(batch, n, d, seed=3 * n + d)
     cfg = _cfg(x, sketch_size=l, power_iters=q, energy=energy, seed=11, max_tokens=min(n, l + 3))
-    got = tb.adaptive_prune(x, None, cfg)
-    ref = reference.adaptive_prune(x, None, cfg)
+    got = run_backend("triton", x, cfg, None)
+    ref = run_backend("reference", x, cfg, None)
     ok = _check_against_reference(got, ref, cfg)
-    _check_padding(got, cfg, n)
-    sigma, energy_ref, flat, u = reference._spectrum(x.double(), cfg, want_vectors=True)
-    k_star = reference.budget_from_spectrum(sigma, energy_ref, flat, cfg)[0]
-    for b in torch.nonzero(ok).flatten().tolist():
-        r = min(int(k_star[b]), cfg.sketch_size)
-        lev = u[b, :, :r].square().sum(1)
-        k = int(got.lengths[b])
-        cut = torch.sort(lev, descending=True).values[k - 1]
-        kept = got.indices[b, :k]
-        assert torch.all(lev[kept] >= cut - 1e-4 * lev.max()), (b, lev[kept].min().item(), cut.item())
-        assert torch.equal(got.tokens[b, :k], x[b, kept])
+    _check_padding(got, x, cfg)
+    assert_keeps_top_leverage(got, x, cfg, torch.nonzero(ok).flatten().tolist())
 
 
 @cpu_interp
@@ -144,13 +108,13 @@ def test_budget_only_matches_reference_and_is_one_launch(monkeypatch):
     monkeypatch.setattr(cls, "run", counting_run)
     x = _decaying(3, 64, 96, seed=5)
     cfg = _cfg(x, sketch_size=16, power_iters=2, energy=0.95)
-    got = tb.spectral_budget(x, cfg)
+    got = run_backend("triton", x, cfg, select=False)
     assert len(launches) == 1
-    ref = reference.spectral_budget(x, cfg)
+    ref = run_backend("reference", x, cfg, select=False)
     _check_against_reference(got, ref, cfg)
     assert got.budgets.dtype == torch.int32 and got.saturated.dtype == torch.bool
-    tb.adaptive_prune(x, None, cfg)
-    tb.adaptive_prune(x, torch.randn(3, 64), cfg)
+    run_backend("triton", x, cfg, None)
+    run_backend("triton", x, cfg, torch.randn(3, 64))
     assert len(launches) == 3
 
 
@@ -160,10 +124,10 @@ def test_dtypes(dtype):
     x = _decaying(3, 64, 96, seed=9, dtype=dtype)
     scores = torch.randn(3, 64, dtype=dtype, generator=None)
     cfg = _cfg(x, sketch_size=16, power_iters=1, energy=0.9, max_tokens=20)
-    got = tb.adaptive_prune(x, scores, cfg)
-    ref = reference.adaptive_prune(x, scores, cfg)
+    got = run_backend("triton", x, cfg, scores)
+    ref = run_backend("reference", x, cfg, scores)
     ok = _check_against_reference(got, ref, cfg)
-    _check_padding(got, cfg, 64)
+    _check_padding(got, x, cfg)
     assert got.tokens.dtype == dtype
     assert torch.equal(got.indices[ok], ref.indices[ok])
     assert torch.equal(got.tokens[ok], ref.tokens[ok])  # bit-exact copy of the input rows
@@ -173,16 +137,16 @@ def test_dtypes(dtype):
 def test_power_of_two_scale_invariance_and_no_overflow():
     x = _decaying(2, 64, 96, seed=13, decay=1.0)
     cfg = _cfg(x, sketch_size=16, power_iters=1, energy=0.8)
-    base = tb.spectral_budget(x, cfg)
+    base = run_backend("triton", x, cfg, select=False)
     for k in (-100, 60, 120):  # 2^120 * x: ||X||_F^2 would overflow fp32 without the scaling
         y = x * 2.0**k
-        got = tb.spectral_budget(y, cfg)
+        got = run_backend("triton", y, cfg, select=False)
         assert torch.equal(got.budgets, base.budgets)
         assert torch.equal(got.saturated, base.saturated)
         torch.testing.assert_close(got.singular_values, base.singular_values * 2.0**k, rtol=0, atol=0)
     y = x * 1e30  # not a power of two: same budgets as the reference
     cfg_y = _cfg(y, sketch_size=16, power_iters=1, energy=0.8)
-    got, ref = tb.spectral_budget(y, cfg_y), reference.spectral_budget(y, cfg_y)
+    got, ref = run_backend("triton", y, cfg_y, select=False), run_backend("reference", y, cfg_y, select=False)
     _check_against_reference(got, ref, cfg_y)
     assert torch.all(torch.isfinite(got.singular_values))  # E itself exceeds float32, as in the reference
     assert torch.equal(got.total_energy, ref.total_energy)
@@ -197,17 +161,17 @@ def test_flat_zero_and_low_rank_images():
     x[2] = torch.randn(n, 5) @ torch.randn(5, d)  # rank 5, uncentred rank 5
     x[3] = torch.randn(n, d)
     cfg = _cfg(x, sketch_size=16, power_iters=2, energy=1.0, min_tokens=2, center=False)
-    got = tb.spectral_budget(x, cfg)
-    ref = reference.spectral_budget(x, cfg)
+    got = run_backend("triton", x, cfg, select=False)
+    ref = run_backend("reference", x, cfg, select=False)
     _check_against_reference(got, ref, cfg)
     assert got.budgets[2] == 5 and ref.budgets[2] == 5  # energy=1.0: the numerical rank
     cfg = _cfg(x, sketch_size=16, power_iters=2, energy=0.9, min_tokens=2, max_tokens=40)
-    got = tb.adaptive_prune(x, None, cfg)
-    ref = reference.adaptive_prune(x, None, cfg)
+    got = run_backend("triton", x, cfg, None)
+    ref = run_backend("reference", x, cfg, None)
     assert got.lengths[:2].tolist() == [2, 2] and not got.saturated[:2].any()
     assert torch.all(got.singular_values[:2] == 0) and torch.all(got.total_energy[:2] == 0)
     assert torch.equal(got.indices[:2], ref.indices[:2])  # flat: leverage 0, first tokens kept
-    _check_padding(got, cfg, n)
+    _check_padding(got, x, cfg)
 
 
 @cpu_interp
@@ -253,15 +217,15 @@ def test_every_output_element_is_written(monkeypatch, with_scores):
     x[0] = 1.0  # flat image: budget = min_tokens, much padding
     scores = torch.randn(3, 64) if with_scores else None
     cfg = _cfg(x, sketch_size=16, power_iters=1, energy=0.5, max_tokens=40)
-    ref = reference.adaptive_prune(x, scores, cfg)
+    ref = run_backend("reference", x, cfg, scores)
     with monkeypatch.context() as patch:  # independent of any poisoning a conftest may add
         patch.setattr(torch, "empty", _poisoned_empty(torch.empty))
-        got = tb.adaptive_prune(x, scores, cfg)
+        got = run_backend("triton", x, cfg, scores)
     for name in ("tokens", "singular_values", "total_energy"):
         assert not torch.isnan(getattr(got, name)).any(), name
     assert not torch.any(got.indices == -12345) and not torch.any(got.lengths == -12345)
     ok = _check_against_reference(got, ref, cfg)
-    _check_padding(got, cfg, 64)
+    _check_padding(got, x, cfg)
     assert torch.equal(got.saturated, ref.saturated)
     if with_scores:
         assert torch.equal(got.indices[ok], ref.indices[ok])
@@ -276,8 +240,8 @@ def test_sketch_matrix_center_false_and_strided_inputs():
     scores = torch.randn(2, 96)
     for center in (True, False):
         cfg = _cfg(x, sketch_size=16, power_iters=1, energy=0.9, sketch_matrix=omega, center=center)
-        got = tb.adaptive_prune(x, scores[:, :], cfg)
-        ref = reference.adaptive_prune(x, scores, cfg)
+        got = run_backend("triton", x, cfg, scores[:, :])
+        ref = run_backend("reference", x, cfg, scores)
         ok = _check_against_reference(got, ref, cfg)
         assert torch.equal(got.indices[ok], ref.indices[ok])
         assert torch.equal(got.tokens[ok], ref.tokens[ok])
@@ -287,12 +251,12 @@ def test_sketch_matrix_center_false_and_strided_inputs():
 def test_budget_clamping_and_max_tokens_beyond_l():
     x = _decaying(2, 64, 96, seed=29, decay=4.0)
     cfg = _cfg(x, sketch_size=8, power_iters=2, energy=0.3, min_tokens=12, max_tokens=64)
-    got = tb.adaptive_prune(x, torch.arange(64.0).flip(0).expand(2, 64), cfg)
+    got = run_backend("triton", x, cfg, torch.arange(64.0).flip(0).expand(2, 64))
     assert torch.all(got.lengths == 12)
     assert torch.equal(got.indices[:, :12], torch.arange(12).expand(2, 12))
-    _check_padding(got, cfg, 64)
+    _check_padding(got, x, cfg)
     cfg = _cfg(x, sketch_size=8, power_iters=2, energy=0.999, max_tokens=64)  # saturates at l=8
-    got = tb.spectral_budget(x, cfg)
+    got = run_backend("triton", x, cfg, select=False)
     assert got.saturated.all() and torch.all(got.budgets == 64)
 
 
@@ -304,13 +268,13 @@ def test_cpu_without_interpreter_and_without_triton_raise():
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     code = (
         "import torch\n"
-        "from eadaprune_kernels import triton_backend as tb\n"
-        "from eadaprune_kernels._validation import make_config\n"
+        "from eadaprune_kernels.backends import triton_kernel as tb\n"
+        "from eadaprune_kernels.contract import make_config\n"
         "x = torch.randn(1, 8, 8)\n"
-        "cfg = make_config(x, energy=0.9, center=True, sketch_size=4, power_iters=1, min_tokens=1,"
-        " max_tokens=None, seed=0, sketch_matrix=None)\n"
+        "cfg = make_config(n=8, d=8, device=x.device, energy=0.9, center=True, sketch_size=4, power_iters=1,"
+        " min_tokens=1, max_tokens=None, seed=0, sketch_matrix=None)\n"
         "try:\n"
-        "    tb.spectral_budget(x, cfg)\n"
+        "    tb.run(x, None, None, cfg, None, False)\n"
         "except RuntimeError as e:\n"
         "    assert 'TRITON_INTERPRET=1' in str(e), e\n"
         "    print('RUNTIME_OK')\n"
@@ -321,7 +285,7 @@ def test_cpu_without_interpreter_and_without_triton_raise():
         "import sys\n"
         "sys.modules['triton'] = None\n"
         "try:\n"
-        "    import eadaprune_kernels.triton_backend\n"
+        "    import eadaprune_kernels.backends.triton_kernel\n"
         "except ImportError as e:\n"
         "    assert 'triton' in str(e), e\n"
         "    print('IMPORT_OK')\n"
@@ -346,19 +310,10 @@ def test_gpu_matches_reference(d, batch, dtype):
     x = _decaying(batch, 576, d, seed=d + batch, device="cuda", dtype=dtype)
     scores = torch.randn(batch, 576, device="cuda")
     cfg = _cfg(x, sketch_size=128, power_iters=2, energy=0.99, max_tokens=256)
-    got = tb.adaptive_prune(x, scores, cfg)
-    ref = reference.adaptive_prune(x, scores, cfg)
-    scale = ref.singular_values.amax(1, keepdim=True)
-    err = ((got.singular_values - ref.singular_values).abs() / scale).amax()
-    assert err <= GPU_TOL[dtype], err.item()
-    torch.testing.assert_close(got.total_energy, ref.total_energy, rtol=1e-4, atol=0)
-    edge = knife_edge(ref.singular_values, ref.total_energy, cfg.energy, GPU_TOL[dtype])
-    assert torch.all((got.lengths == ref.lengths) | edge)
-    ok = (got.lengths == ref.lengths)
-    assert torch.equal(got.indices[ok], ref.indices[ok])
-    assert torch.equal(got.tokens[ok], ref.tokens[ok])
-    _check_padding(got.__class__(**{k: (v.cpu() if isinstance(v, torch.Tensor) else v)
-                                    for k, v in got.__dict__.items()}), cfg, 576)
+    got = run_backend("triton", x, cfg, scores)
+    ref = run_backend("reference", x, cfg, scores)
+    assert_matches_reference(got, ref, cfg.energy, dtype, sigma_tol=GPU_TOL[dtype], same_selection=True)
+    check_result_invariants(got, x, cfg.min_tokens, cfg.max_tokens)
 
 
 @gpu
@@ -366,12 +321,9 @@ def test_gpu_matches_reference(d, batch, dtype):
 def test_gpu_exact_low_rank_gets_its_rank_at_energy_one(dtype):
     """On the tensor cores as in the emulation (tests/test_triton_numerics.py): integer rank-5 images,
     exact in every dtype, at energy=1.0 keep exactly 5 tokens (plain TF32 saturated them)."""
-    g = torch.Generator().manual_seed(5)
-    x = (torch.randint(-3, 4, (4, 576, 5), generator=g).double() @ torch.randint(-3, 4, (4, 5, 1024), generator=g).double()
-         + torch.randint(-8, 9, (4, 1, 1024), generator=g).double())
-    x = x.to(device="cuda", dtype=dtype)
+    x = make_tokens(4, 576, 1024, "integer", rank=5, seed=5, dtype=dtype, device="cuda")
     cfg = _cfg(x, sketch_size=128, power_iters=2, energy=1.0)
-    got = tb.spectral_budget(x, cfg)
+    got = run_backend("triton", x, cfg, select=False)
     assert got.budgets.tolist() == [5] * 4 and not bool(got.saturated.any()), got.budgets.tolist()
 
 
@@ -379,22 +331,22 @@ def test_gpu_exact_low_rank_gets_its_rank_at_energy_one(dtype):
 def test_gpu_cuda_graph_and_no_sync():
     x = _decaying(8, 576, 1024, seed=1, device="cuda", dtype=torch.bfloat16)
     cfg = _cfg(x, sketch_size=128, power_iters=2, energy=0.99)
-    eager = tb.adaptive_prune(x, None, cfg)  # compiles outside the capture
+    eager = run_backend("triton", x, cfg, None)  # compiles outside the capture
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        tb.adaptive_prune(x, None, cfg)
+        run_backend("triton", x, cfg, None)
         api.adaptive_prune(x, backend="triton", validate=False, sketch_size=128)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     static_x = x.clone()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = tb.adaptive_prune(static_x, None, cfg)
+        out = run_backend("triton", static_x, cfg, None)
     static_x.copy_(x.flip(1))
     graph.replay()
     torch.cuda.synchronize()
-    direct = tb.adaptive_prune(x.flip(1), None, cfg)
+    direct = run_backend("triton", x.flip(1), cfg)
     assert torch.equal(out.lengths, direct.lengths)
     assert torch.equal(out.indices, direct.indices)
     assert torch.equal(out.singular_values, direct.singular_values)
@@ -415,10 +367,10 @@ def test_repeated_singular_values_stay_lower_bounds():
     sig = torch.cat([torch.ones(5), torch.full((20,), 0.1), torch.full((15,), 0.003)]).double()
     x = ((u * sig) @ v.T + 0.25)[None].float().repeat(2, 1, 1)
     cfg = _cfg(x, sketch_size=16, power_iters=2, energy=0.99)
-    got = tb.spectral_budget(x, cfg)
-    ref = reference.spectral_budget(x, cfg)
+    got = run_backend("triton", x, cfg, select=False)
+    ref = run_backend("reference", x, cfg, select=False)
     _check_against_reference(got, ref, cfg)
-    exact = reference.exact_svdvals(x)[:, :16].float()
+    exact = exact_svdvals(x)[:, :16].float()
     assert torch.all(got.singular_values <= exact * (1 + 1e-5) + 1e-6), (got.singular_values - exact).max()
 
 

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from eadaprune_kernels import triton_backend  # noqa: E402
+from eadaprune_kernels.backends import triton_kernel as triton_backend  # noqa: E402
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "aot_compile_triton.py"
 # Dynamic shared memory one block may opt into on sm_90 (H100 and H200): 227 KB.

@@ -1,7 +1,7 @@
 """The fused Triton kernel computes the right answer with the arithmetic of an sm_90 GPU.
 
 The interpreter computes every tl.dot in full fp32; an H100/H200 truncates TF32 operands. On CPU
-machines tests/conftest.py runs every test under :func:`eadaprune_kernels.triton_interpreter.
+machines tests/conftest.py runs every test under :func:`eadaprune_kernels.backends.triton_interpreter.
 emulate_sm90_dot`, so these tests see what the GPU computes:
 
 * the emulation itself (TF32 truncation, Triton's 3xTF32 split, exact 16-bit products, bf16 casts);
@@ -24,13 +24,12 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from eadaprune_kernels import adaptive_prune, reference  # noqa: E402
-from eadaprune_kernels import triton_backend as tb  # noqa: E402
-from eadaprune_kernels._validation import make_config  # noqa: E402
-from eadaprune_kernels.triton_interpreter import (  # noqa: E402
+from eadaprune_kernels import adaptive_prune, exact_budget, exact_svdvals  # noqa: E402
+from eadaprune_kernels.backends import triton_kernel as tb  # noqa: E402
+from eadaprune_kernels.backends.triton_interpreter import (  # noqa: E402
     emulate_sm90_dot, round_fp32_to_bf16_bits, round_to_tf32, sm90_dot, truncate_to_tf32)
 
-from helpers import knife_edge, matrix_with_spectrum  # noqa: E402
+from helpers import assert_keeps_top_leverage, assert_matches_reference, config, make_tokens, run_backend  # noqa: E402
 
 INTERPRETED = tb._interpreting()
 cpu_interp = pytest.mark.skipif(not INTERPRETED, reason="needs the Triton interpreter (a machine without CUDA)")
@@ -39,30 +38,15 @@ DTYPE_IDS = ["bf16", "fp16", "fp32"]
 
 
 def _cfg(x, **kw):
-    args = dict(energy=1.0, center=True, sketch_size=16, power_iters=2, min_tokens=1, max_tokens=None,
-                seed=3, sketch_matrix=None)
-    args.update(kw)
-    return make_config(x, **args)
+    """This file's defaults: energy 1.0, l = 16, q = 2, seed 3."""
+    return config(x, **{"energy": 1.0, "sketch_size": 16, "power_iters": 2, "seed": 3, **kw})
 
 
-def _integer_low_rank(batch, n, d, rank, seed, dtype, mean=8):
-    """[B, N, D] of exact rank <= rank after centring, every entry a small integer (exact in bf16/fp16)."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randint(-3, 4, (batch, n, rank), generator=g, dtype=torch.float64)
-    v = torch.randint(-3, 4, (batch, rank, d), generator=g, dtype=torch.float64)
-    x = u @ v + torch.randint(-mean, mean + 1, (batch, 1, d), generator=g, dtype=torch.float64)
-    assert x.abs().max() <= 256  # integers up to 256 are exact in bfloat16
-    return x.to(dtype)
-
-
-def _decaying(batch, n, d, dtype, seed, rate=0.25, rank=None, scale=1.0):
+def _exponential(batch, n, d, dtype, seed, rate=0.25, rank=None, scale=1.0):
     """Images with the spectrum scale * exp(-rate j) (before rounding to dtype) and a mean token of
     N(0, 9) entries. Rounding to bf16 adds noise of ~2^-9 |x| per entry: at N * D ~ 6e5 a ``scale``
     of ~200 keeps that below 1e-4 of the energy."""
-    g = torch.Generator().manual_seed(seed)
-    rank = rank or min(n - 1, d)
-    s = scale * torch.exp(-rate * torch.arange(rank, dtype=torch.float64))
-    return torch.stack([matrix_with_spectrum(s, n, d, g) for _ in range(batch)]).to(dtype)
+    return make_tokens(batch, n, d, "exponential", rate=rate, rank=rank, scale=scale, seed=seed, dtype=dtype)
 
 
 # ---- the emulation ----------------------------------------------------------------------------
@@ -128,9 +112,9 @@ def test_plain_tf32_products_fail_under_the_emulation_only(monkeypatch):
     """The kernel's former choice for 16-bit tokens (centred fp32 X times fp32 operands in plain TF32)
     loses ~7e-4 of every singular value on sm_90: an exact rank-5 bf16 image at energy=1.0 saturates.
     The plain interpreter computes it in full fp32 and cannot see it; the shipped settings pass."""
-    x = _integer_low_rank(1, 64, 96, 5, seed=11, dtype=torch.bfloat16)
+    x = make_tokens(1, 64, 96, "integer", rank=5, seed=11, dtype=torch.bfloat16)
     cfg = _cfg(x)
-    ref = reference.spectral_budget(x, cfg)
+    ref = run_backend("reference", x, cfg, select=False)
     assert int(ref.budgets) == 5
     shipped = tb.kernel_settings
 
@@ -138,12 +122,12 @@ def test_plain_tf32_products_fail_under_the_emulation_only(monkeypatch):
         return dict(shipped(dtype, sketch_size), SPLIT16=False, PRESCALE16=False, XPREC="tf32")
 
     with emulate_sm90_dot(True):
-        good = tb.spectral_budget(x, cfg)
+        good = run_backend("triton", x, cfg, select=False)
     monkeypatch.setattr(tb, "kernel_settings", plain_tf32)
     with emulate_sm90_dot(True):
-        wrong = tb.spectral_budget(x, cfg)
+        wrong = run_backend("triton", x, cfg, select=False)
     with emulate_sm90_dot(False):
-        blind = tb.spectral_budget(x, cfg)
+        blind = run_backend("triton", x, cfg, select=False)
     sigma_1 = ref.singular_values.max()
     assert int(good.budgets) == 5 and not bool(good.saturated)
     assert int(blind.budgets) == 5, "the plain interpreter computes plain TF32 in full fp32"
@@ -159,10 +143,10 @@ def test_plain_tf32_products_fail_under_the_emulation_only(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("rank", [1, 3, 8])
 def test_exact_low_rank_images_get_their_rank_at_energy_one(dtype, rank):
-    x = _integer_low_rank(3, 64, 96, rank, seed=rank * 7 + 1, dtype=dtype)
+    x = make_tokens(3, 64, 96, "integer", rank=rank, seed=rank * 7 + 1, dtype=dtype)
     cfg = _cfg(x)
-    got = tb.spectral_budget(x, cfg)
-    exact = reference.exact_budget(x, energy=1.0)
+    got = run_backend("triton", x, cfg, select=False)
+    exact = exact_budget(x, energy=1.0)
     assert exact.tolist() == [rank] * 3
     assert got.budgets.tolist() == [rank] * 3, (got.budgets.tolist(), got.saturated.tolist())
     assert not bool(got.saturated.any())
@@ -171,8 +155,8 @@ def test_exact_low_rank_images_get_their_rank_at_energy_one(dtype, rank):
 @cpu_interp
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_budgets_equal_exact_svd_where_the_energy_gap_is_at_least_1e_3(dtype):
-    x = _decaying(2, 128, 96, dtype, seed=5)
-    exact_sigma = reference.exact_svdvals(x)  # of the dtype-rounded tokens
+    x = _exponential(2, 128, 96, dtype, seed=5)
+    exact_sigma = exact_svdvals(x)  # of the dtype-rounded tokens
     total = exact_sigma.square().sum(1)
     cum = torch.cumsum(exact_sigma.square(), 1) / total[:, None]
     checked = 0
@@ -184,8 +168,8 @@ def test_budgets_equal_exact_svd_where_the_energy_gap_is_at_least_1e_3(dtype):
         if not bool(((cum[:, k - 1] < energy) & (energy < cum[:, k])).all()):
             continue
         cfg = _cfg(x, energy=energy, sketch_size=32)
-        got = tb.spectral_budget(x, cfg)
-        expected = reference.exact_budget(x, energy=energy)
+        got = run_backend("triton", x, cfg, select=False)
+        expected = exact_budget(x, energy=energy)
         assert torch.equal(got.budgets.long(), expected), (energy, got.budgets.tolist(), expected.tolist())
         checked += 1
     assert checked >= 2, "no budget with an energy gap >= 1e-3 was checked"
@@ -194,28 +178,14 @@ def test_budgets_equal_exact_svd_where_the_energy_gap_is_at_least_1e_3(dtype):
 @cpu_interp
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=DTYPE_IDS + ["fp64"])
 def test_sketched_singular_values_within_1e_4_of_the_reference(dtype):
-    x = _decaying(3, 96, 130, dtype, seed=17, rate=0.1)
+    x = _exponential(3, 96, 130, dtype, seed=17, rate=0.1)
     cfg = _cfg(x, energy=0.99, sketch_size=32)
-    got = tb.spectral_budget(x, cfg)
-    ref = reference.spectral_budget(x, cfg)
-    err = ((got.singular_values - ref.singular_values).abs().amax(1) / ref.singular_values.amax(1))
-    assert bool((err <= 1e-4).all()), err.tolist()
-    torch.testing.assert_close(got.total_energy, ref.total_energy, rtol=1e-6, atol=0)
+    got = run_backend("triton", x, cfg, select=False)
+    ref = run_backend("reference", x, cfg, select=False)
+    assert_matches_reference(got, ref, cfg.energy, sigma_tol=1e-4)
 
 
 # ---- production shapes ------------------------------------------------------------------------------
-
-
-def _assert_matches_reference(got, ref, cfg, what):
-    scale = ref.singular_values.abs().amax(-1, keepdim=True).clamp_min(1e-30)
-    err = ((got.singular_values - ref.singular_values).abs() / scale).amax(-1)
-    assert bool((err <= 1e-4).all()), f"{what}: sigma error / sigma_1 = {err.tolist()}"
-    torch.testing.assert_close(got.total_energy, ref.total_energy, rtol=1e-6, atol=0)
-    edge = knife_edge(ref.singular_values.reshape(-1, ref.singular_values.shape[-1]),
-                      ref.total_energy.reshape(-1), cfg.energy, 1e-4)
-    same = (got.lengths.reshape(-1) == ref.lengths.reshape(-1)) | edge
-    assert bool(same.all()), f"{what}: budgets {got.lengths.tolist()} vs reference {ref.lengths.tolist()}"
-    return ~edge
 
 
 @cpu_interp
@@ -224,36 +194,28 @@ def _assert_matches_reference(got, ref, cfg, what):
 def test_production_shape_576x1024_l128_q2(dtype):
     """One LLaVA-1.5 image (N=576, D=1024) with the defaults l=128, q=2: leverage selection for bf16,
     given scores for fp32 (both selection paths at full size)."""
-    x = _decaying(1, 576, 1024, dtype, seed=576, rate=0.06, rank=300, scale=200.0)
+    x = _exponential(1, 576, 1024, dtype, seed=576, rate=0.06, rank=300, scale=200.0)
     scores = None if dtype == torch.bfloat16 else torch.randn(1, 576, generator=torch.Generator().manual_seed(1))
     cfg = _cfg(x, energy=0.95, sketch_size=128, power_iters=2)
-    got = tb.adaptive_prune(x, scores, cfg)
-    ref = reference.adaptive_prune(x, scores, cfg)
-    ok = _assert_matches_reference(got, ref, cfg, f"N=576, D=1024, {dtype}")
+    got = run_backend("triton", x, cfg, scores)
+    ref = run_backend("reference", x, cfg, scores)
+    ok = assert_matches_reference(got, ref, cfg.energy, sigma_tol=1e-4)
     k = int(got.lengths[0])
     assert 10 < k < 128 and not bool(got.saturated[0])
     if scores is not None:
         assert torch.equal(got.indices[ok], ref.indices[ok]) and torch.equal(got.tokens[ok], ref.tokens[ok])
     else:  # leverage: the kept tokens are the top-k by the float64 leverage, up to near-ties (1e-4)
-        sigma, energy, flat, u = reference._spectrum(x.double(), cfg, want_vectors=True)
-        k_star = reference.budget_from_spectrum(sigma, energy, flat, cfg)[0]
-        lev = u[0, :, : min(int(k_star[0]), 128)].square().sum(1)
-        cut = torch.sort(lev, descending=True).values[k - 1]
-        kept = got.indices[0, :k]
-        assert bool((lev[kept] >= cut - 1e-4 * lev.max()).all())
-        assert torch.equal(got.tokens[0, :k], x[0, kept])
+        assert_keeps_top_leverage(got, x, cfg, [0])
 
 
 @cpu_interp
 @pytest.mark.slow
 def test_ragged_batch_with_an_n2880_image():
     """A LLaVA-NeXT-sized view group (N=2880) beside a small image, bf16, in one ragged launch."""
-    images = [_decaying(1, 2880, 64, torch.bfloat16, seed=2880, rate=0.12, scale=200.0)[0],
-              _decaying(1, 300, 64, torch.bfloat16, seed=300, rate=0.3, scale=50.0)[0]]
+    images = [_exponential(1, 2880, 64, torch.bfloat16, seed=2880, rate=0.12, scale=200.0)[0],
+              _exponential(1, 300, 64, torch.bfloat16, seed=300, rate=0.3, scale=50.0)[0]]
     kwargs = dict(energy=0.97, sketch_size=128, power_iters=2, seed=3)
     got = adaptive_prune(images, backend="triton", **kwargs)
     ref = adaptive_prune(images, backend="reference", **kwargs)
-    cfg = make_config(torch.cat(images), ragged=True, center=True, min_tokens=1, max_tokens=None,
-                      sketch_matrix=None, **kwargs)
-    _assert_matches_reference(got, ref, cfg, "ragged [2880, 300] x 64")
+    assert_matches_reference(got, ref, kwargs["energy"], sigma_tol=1e-4)
     assert got.backend == "triton" and not bool(got.saturated.any()), got.lengths.tolist()

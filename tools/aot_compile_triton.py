@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from eadaprune_kernels import triton_backend  # noqa: E402
+from eadaprune_kernels.backends import triton_kernel as triton_backend  # noqa: E402
 
 POINTERS = ("X", "CU", "SC", "OM", "QWS", "WWS", "MUWS", "LEVWS", "SIG", "ENERGY", "BUDGET", "SAT", "BIN",
             "OTOK", "OIDX", "OMASK")

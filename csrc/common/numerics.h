@@ -6,6 +6,8 @@
 // shared by csrc/cpu and csrc/cuda so that both native backends run the same arithmetic.
 #pragma once
 
+#include <cstdint>
+
 namespace eadaprune {
 
 // The budget threshold is (energy - kEnergySlack) * E (reference.ENERGY_SLACK).
@@ -14,6 +16,9 @@ constexpr double kEnergySlack = 1e-5;
 constexpr double kFlatRtol = 1e-10;
 
 constexpr double kEps64 = 2.220446049250313e-16;
+
+// Offsets of the generated sketch are int32: D * l <= 2**31 - 1 (sketch.MAX_SKETCH_ELEMENTS).
+constexpr int64_t kMaxSketchElements = 2147483647LL;
 
 // Relative shift of the float64 Cholesky factorisations: s = kCholeskyShiftRel * (l + 16) * trace(G).
 // It exceeds the rounding error of a float64 Cholesky of an l x l PSD matrix (~ l * eps64 * ||G||), so

@@ -1,4 +1,4 @@
-// The native CPU backend of eadaprune_kernels: the pipeline of reference.py for CPU tensors.
+// The native CPU backend of eadaprune_kernels: the pipeline of backends/reference.py for CPU tensors.
 //
 // Per call (B images of N tokens x D features; l = min(sketch_size, N, D)):
 //  1. prepare (parallel over images): non-finite scan, power-of-two scale s with max|x|/s in [1, 2),
@@ -25,8 +25,6 @@
 // above as a [k, N, D] view of its rows (its own l_i, max_i, min_i, the first l_i sketch columns), so
 // no padding enters any spectrum. Runs bigger than a fair share of the work use the threads inside;
 // the others are spread over the threads, largest first (run_segments).
-#include "pipeline_cpu.h"
-
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
@@ -41,15 +39,16 @@
 #include <vector>
 
 #include "../common/checks.h"
-#include "../common/precision_guard.h"
+#include "../common/numerics.h"
 #include "../common/philox.h"
+#include "../common/pipeline.h"
+#include "../common/precision_guard.h"
 #include "../common/ragged.h"
 #include "small_linalg.h"
 
 namespace eadaprune {
 namespace cpu {
 namespace {
-
 
 struct ImageStats {
   double scale = 1.0;   // power of two
@@ -335,7 +334,7 @@ struct RanksBefore {
 // (LPT) to a pool of threads, each running its runs single-threaded (ATen's nested parallel regions
 // run inline); this keeps many small images from each paying for their own thread fan-out.
 void run_segments(const std::vector<ragged::Segment>& segments, int64_t d, int64_t sketch_size,
-                  const std::function<void(const ragged::Segment&)>& run) {
+                  const ragged::SegmentTask& run) {
   const int64_t threads = at::get_num_threads();
   if (segments.size() <= 1 || threads <= 1 || at::in_parallel_region()) {
     for (const auto& s : segments) run(s);
@@ -362,66 +361,23 @@ void run_segments(const std::vector<ragged::Segment>& segments, int64_t d, int64
   });
 }
 
-// The shared inputs of a ragged call; tokens, cu_seqlens and the configuration already checked.
-ragged::Inputs ragged_inputs(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores,
-                             const Config& cfg, const c10::optional<at::Tensor>& sketch_matrix,
-                             const c10::optional<at::Tensor>& budgets) {
-  ragged::Inputs in;
-  in.tokens = tokens.contiguous();
-  if (scores.has_value()) in.scores = scores->contiguous();
-  // One [D, L] sketch for the whole call: image i takes its first l_i columns, which are the sketch
-  // of [D, l_i] (element (i, j) depends on j * D + i only), so nothing is generated per image.
-  in.omega = sketch_matrix.has_value() ? *sketch_matrix : make_sketch(tokens.size(1), cfg.sketch_size, cfg.seed);
-  in.budgets = budgets;
-  in.cfg = cfg;
-  return in;
-}
-
-}  // namespace
-
-at::Tensor gaussian_sketch(int64_t num_features, int64_t sketch_size, int64_t seed) {
-  TORCH_CHECK_VALUE(num_features >= 1, "num_features: expected a positive int, got ", num_features);
-  TORCH_CHECK_VALUE(sketch_size >= 1, "sketch_size: expected a positive int, got ", sketch_size);
-  TORCH_CHECK_VALUE(seed >= 0, "seed: expected an int in [0, 2**63 - 1], got ", seed);
-  TORCH_CHECK_VALUE(num_features <= kMaxSketchElements / sketch_size,
-                    "num_features * sketch_size: expected at most 2**31 - 1 elements (int32 offsets), got ",
-                    num_features, " * ", sketch_size);
-  return make_sketch(num_features, sketch_size, static_cast<uint64_t>(seed));
-}
-
-BudgetOutputs spectral_budget(const at::Tensor& tokens, double energy, bool center, int64_t sketch_size,
-                              int64_t power_iters, int64_t min_tokens, c10::optional<int64_t> max_tokens,
-                              int64_t seed, const c10::optional<at::Tensor>& sketch_matrix) {
-  check_tokens(tokens, c10::DeviceType::CPU);
-  const Config cfg = make_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                                 seed, sketch_matrix);
-  c10::NoGradGuard no_grad;
-  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
-  const Spectrum sp = spectrum(tokens, c10::nullopt, cfg, sketch_matrix, /*want_vectors=*/false);
-  const Budgets bud = budgets_from_spectrum(sp, cfg);
-  return {to_tensor_int32(bud.budget), bud.sigma, bud.energy, to_tensor_bool(bud.saturated)};
-}
-
-PruneOutputs adaptive_prune(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores, double energy,
-                            bool center, int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
-                            c10::optional<int64_t> max_tokens, int64_t seed,
-                            const c10::optional<at::Tensor>& sketch_matrix,
-                            const c10::optional<at::Tensor>& budgets) {
-  check_tokens(tokens, c10::DeviceType::CPU);
-  check_scores(scores, tokens);
-  const Config cfg = make_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                                 seed, sketch_matrix);
-  c10::NoGradGuard no_grad;
-  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
+// The dense pipeline on checked tokens [B, N, D] with a checked configuration (see the file comment):
+// budgets, and with `select` the selection and the gather. `budgets` (shares of a fixed batch total)
+// replace the computed ones, each clamped to [0, M]; k* (the leverage rank) stays the image's own.
+Fields dense(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores, const Config& cfg,
+             const c10::optional<at::Tensor>& sketch_matrix, const c10::optional<at::Tensor>& budgets, bool select) {
   const int64_t batch = tokens.size(0), n = tokens.size(1), d = tokens.size(2), m = cfg.max_tokens;
-  check_budgets(budgets, tokens, cfg.min_tokens, cfg.max_tokens);
-  const Spectrum sp = spectrum(tokens, scores, cfg, sketch_matrix, /*want_vectors=*/!scores.has_value());
+  if (batch == 0) return ragged::make_outputs(tokens, 0, cfg, select);
+  const c10::optional<at::Tensor> sel_scores = select ? scores : c10::nullopt;
+  const Spectrum sp = spectrum(tokens, sel_scores, cfg, sketch_matrix, /*want_vectors=*/select && !scores.has_value());
   Budgets bud = budgets_from_spectrum(sp, cfg);
-  if (budgets.has_value()) {  // shares of a fixed batch total; k* (the leverage rank) stays the image's own
+  if (!select) return {to_tensor_int32(bud.budget), bud.sigma, bud.energy, to_tensor_bool(bud.saturated)};
+  if (budgets.has_value()) {
     const at::Tensor given = budgets->to(at::kLong).contiguous();
-    std::copy(given.data_ptr<int64_t>(), given.data_ptr<int64_t>() + batch, bud.budget.begin());
+    const int64_t* g = given.data_ptr<int64_t>();
+    for (int64_t b = 0; b < batch; ++b) bud.budget[b] = std::min(std::max(g[b], int64_t{0}), m);
   }
-  const at::Tensor sel = selection_scores(sp, bud, scores, n);
+  const at::Tensor sel = selection_scores(sp, bud, sel_scores, n);
 
   const at::Tensor x = tokens.contiguous();
   at::Tensor kept = at::empty({batch, m, d}, x.options());
@@ -456,50 +412,35 @@ PruneOutputs adaptive_prune(const at::Tensor& tokens, const c10::optional<at::Te
   return {kept, indices, to_tensor_int32(bud.budget), mask, bud.sigma, bud.energy, to_tensor_bool(bud.saturated)};
 }
 
-PruneOutputs adaptive_prune_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens,
-                                   const c10::optional<at::Tensor>& scores, double energy, bool center,
-                                   int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
-                                   c10::optional<int64_t> max_tokens, int64_t seed,
-                                   const c10::optional<at::Tensor>& sketch_matrix,
-                                   const c10::optional<at::Tensor>& budgets) {
-  check_ragged(tokens, cu_seqlens, c10::DeviceType::CPU);
-  check_ragged_scores(scores, tokens);
-  const Config cfg = make_ragged_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                                        seed, sketch_matrix);
-  const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));
-  check_ragged_budgets(budgets, tokens, bounds, cfg);
-  c10::NoGradGuard no_grad;
-  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
-  const ragged::Inputs in = ragged_inputs(tokens, scores, cfg, sketch_matrix, budgets);
-  const ragged::PruneOutputs out =
-      ragged::make_prune_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
-  const auto segments = ragged::equal_size_runs(bounds);
-  run_segments(segments, tokens.size(1), cfg.sketch_size, [&](const ragged::Segment& s) {
-    c10::NoGradGuard no_grad_in_worker;  // grad mode is thread-local
-    ragged::prune_segment(in, s, adaptive_prune, out);
-  });
-  return out;
+}  // namespace
+
+at::Tensor gaussian_sketch(int64_t num_features, int64_t sketch_size, uint64_t seed) {
+  TORCH_CHECK_VALUE(num_features >= 1, "num_features: expected a positive int, got ", num_features);
+  TORCH_CHECK_VALUE(sketch_size >= 1, "sketch_size: expected a positive int, got ", sketch_size);
+  TORCH_CHECK_VALUE(num_features <= kMaxSketchElements / sketch_size,
+                    "num_features * sketch_size: expected at most 2**31 - 1 elements (int32 offsets), got ",
+                    num_features, " * ", sketch_size);
+  return make_sketch(num_features, sketch_size, seed);
 }
 
-BudgetOutputs spectral_budget_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens, double energy,
-                                     bool center, int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
-                                     c10::optional<int64_t> max_tokens, int64_t seed,
-                                     const c10::optional<at::Tensor>& sketch_matrix) {
-  check_ragged(tokens, cu_seqlens, c10::DeviceType::CPU);
-  const Config cfg = make_ragged_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                                        seed, sketch_matrix);
-  const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));
+Fields run(const Request& r) {
+  check_request(r, c10::DeviceType::CPU);
   c10::NoGradGuard no_grad;
   const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
-  const ragged::Inputs in = ragged_inputs(tokens, c10::nullopt, cfg, sketch_matrix, c10::nullopt);
-  const ragged::BudgetOutputs out =
-      ragged::make_budget_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
-  const auto segments = ragged::equal_size_runs(bounds);
-  run_segments(segments, tokens.size(1), cfg.sketch_size, [&](const ragged::Segment& s) {
-    c10::NoGradGuard no_grad_in_worker;
-    ragged::budget_segment(in, s, spectral_budget, out);
-  });
-  return out;
+  if (!r.cu_seqlens.has_value()) return dense(r.tokens, r.scores, r.cfg, r.sketch, r.budgets, r.select);
+  // Ragged: the values of cu_seqlens are host memory (no cost) and always checked. One [D, L] sketch
+  // for the whole call: image i takes its first l_i columns, which are the sketch of [D, l_i]
+  // (element (i, j) depends on j * D + i only), so nothing is generated per image.
+  const std::vector<int64_t> bounds = image_bounds(*r.cu_seqlens, r.tokens.size(0));
+  const int64_t d = r.tokens.size(1);
+  const at::Tensor omega = r.sketch.has_value() ? *r.sketch : make_sketch(d, r.cfg.sketch_size, r.cfg.seed);
+  const auto schedule = [&](const std::vector<ragged::Segment>& segments, const ragged::SegmentTask& task) {
+    run_segments(segments, d, r.cfg.sketch_size, [&](const ragged::Segment& s) {
+      c10::NoGradGuard no_grad_in_worker;  // grad mode is thread-local
+      task(s);
+    });
+  };
+  return ragged::run(r, bounds, omega, dense, schedule);
 }
 
 }  // namespace cpu

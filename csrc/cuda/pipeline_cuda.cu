@@ -1,4 +1,4 @@
-// The native CUDA backend of eadaprune_kernels: the pipeline of reference.py for CUDA tensors.
+// The native CUDA backend of eadaprune_kernels: the pipeline of backends/reference.py for CUDA tensors.
 //
 // Same algorithm as the CPU backend (csrc/cpu/pipeline_cpu.cpp, whose file comment gives the
 // numerical reasoning): a scaled, centred float32 working copy (float64 for float64 inputs);
@@ -9,13 +9,11 @@
 // host: every per-image decision (budget, rank, flat/non-finite images) stays on the device.
 //
 // The per-image kernels work on the l x l matrices in global memory (128 KB at l = 128, resident in
-// L2); one CTA per image fills the GPU only for large batches (see shared/NUMERICS.md).
+// L2); one CTA per image fills the GPU only for large batches (B >~ 132 on an H100/H200).
 //
 // Streams come from c10/cuda/CUDAStream.h (c10::cuda::getCurrentCUDAStream, which
 // at::cuda::getCurrentCUDAStream aliases): ATen/cuda/CUDAContext.h would pull in the cuBLAS /
 // cuSPARSE / cuSOLVER headers, which a CUDA toolkit without those libraries does not ship.
-#include "pipeline_cuda.h"
-
 #include <ATen/Dispatch.h>
 #include <c10/core/GradMode.h>
 #include <c10/cuda/CUDAException.h>
@@ -26,9 +24,10 @@
 #include <limits>
 
 #include "../common/checks.h"
-#include "../common/precision_guard.h"
 #include "../common/numerics.h"
 #include "../common/philox.h"
+#include "../common/pipeline.h"
+#include "../common/precision_guard.h"
 #include "../common/ragged.h"
 
 namespace eadaprune {
@@ -543,64 +542,29 @@ Budgets budgets_from_spectrum(const Spectrum& sp, const Config& cfg) {
   return out;
 }
 
-}  // namespace
-
-at::Tensor gaussian_sketch(int64_t num_features, int64_t sketch_size, int64_t seed) {
-  TORCH_CHECK_VALUE(num_features >= 1, "num_features: expected a positive int, got ", num_features);
-  TORCH_CHECK_VALUE(sketch_size >= 1, "sketch_size: expected a positive int, got ", sketch_size);
-  TORCH_CHECK_VALUE(seed >= 0, "seed: expected an int in [0, 2**63 - 1], got ", seed);
-  TORCH_CHECK_VALUE(num_features <= kMaxSketchElements / sketch_size,
-                    "num_features * sketch_size: expected at most 2**31 - 1 elements (int32 offsets), got ",
-                    num_features, " * ", sketch_size);
-  const auto options = at::TensorOptions().device(at::kCUDA, c10::cuda::current_device());
-  return make_sketch(num_features, sketch_size, static_cast<uint64_t>(seed), options);
-}
-
-BudgetOutputs spectral_budget(const at::Tensor& tokens, double energy, bool center, int64_t sketch_size,
-                              int64_t power_iters, int64_t min_tokens, c10::optional<int64_t> max_tokens,
-                              int64_t seed, const c10::optional<at::Tensor>& sketch_matrix) {
-  check_tokens(tokens, c10::DeviceType::CUDA);
-  const Config cfg = make_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                                 seed, sketch_matrix);
+// The dense pipeline on checked tokens [B, N, D] with a checked configuration (see the file comment):
+// budgets, and with `select` the selection and the gather. `budgets` (shares of a fixed batch total)
+// replace the computed ones; k* (the leverage rank) stays the image's own.
+Fields dense(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores, const Config& cfg,
+             const c10::optional<at::Tensor>& sketch_matrix, const c10::optional<at::Tensor>& budgets, bool select) {
   // B = 0: empty outputs (a kernel launch with an empty grid is an "invalid configuration argument").
-  if (tokens.size(0) == 0) return ragged::make_budget_outputs(tokens, 0, cfg);
-  const c10::cuda::CUDAGuard device_guard(tokens.device());
-  c10::NoGradGuard no_grad;
-  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
-  const Spectrum sp = spectrum(tokens, c10::nullopt, cfg, sketch_matrix, /*want_vectors=*/false);
-  const Budgets bud = budgets_from_spectrum(sp, cfg);
-  return {bud.budgets, bud.sigma, bud.energy, bud.saturated};
-}
-
-PruneOutputs adaptive_prune(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores, double energy,
-                            bool center, int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
-                            c10::optional<int64_t> max_tokens, int64_t seed,
-                            const c10::optional<at::Tensor>& sketch_matrix,
-                            const c10::optional<at::Tensor>& budgets) {
-  check_tokens(tokens, c10::DeviceType::CUDA);
-  check_scores(scores, tokens);
-  const Config cfg = make_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                                 seed, sketch_matrix);
-  check_budgets(budgets, tokens, cfg.min_tokens, cfg.max_tokens);
-  // B = 0: empty outputs (a kernel launch with an empty grid is an "invalid configuration argument").
-  if (tokens.size(0) == 0) return ragged::make_prune_outputs(tokens, 0, cfg);
-  const c10::cuda::CUDAGuard device_guard(tokens.device());
-  c10::NoGradGuard no_grad;
-  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
+  if (tokens.size(0) == 0) return ragged::make_outputs(tokens, 0, cfg, select);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t batch = tokens.size(0), n = tokens.size(1), d = tokens.size(2), l = cfg.sketch_size;
   const int64_t m = cfg.max_tokens;
-  const Spectrum sp = spectrum(tokens, scores, cfg, sketch_matrix, /*want_vectors=*/!scores.has_value());
+  const c10::optional<at::Tensor> sel_scores = select ? scores : c10::nullopt;
+  const Spectrum sp = spectrum(tokens, sel_scores, cfg, sketch_matrix, /*want_vectors=*/select && !scores.has_value());
   Budgets bud = budgets_from_spectrum(sp, cfg);
-  if (budgets.has_value()) {  // shares of a fixed batch total; k* (the leverage rank) stays the image's own
+  if (!select) return {bud.budgets, bud.sigma, bud.energy, bud.saturated};
+  if (budgets.has_value()) {
     // Clamped to [0, M] on the device: the values of a CUDA tensor are not read on the host (that would
     // synchronise), and a share past M would make the selection write past the image's M slots.
     bud.budgets = budgets->to(at::kInt).clamp(0, m).contiguous();
   }
 
   at::Tensor sel;
-  if (scores.has_value()) {
-    sel = scores->to(at::kDouble).contiguous().clone();
+  if (sel_scores.has_value()) {
+    sel = sel_scores->to(at::kDouble).contiguous().clone();
     zero_bad_rows_kernel<<<blocks_for(batch * n, 256), 256, 0, stream>>>(sel.data_ptr<double>(),
                                                                          sp.flags.data_ptr<uint8_t>(), batch, n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -632,72 +596,40 @@ PruneOutputs adaptive_prune(const at::Tensor& tokens, const c10::optional<at::Te
   return {kept, indices, bud.budgets, mask, bud.sigma, bud.energy, bud.saturated};
 }
 
-// ---------------------------------------------------------------------------------------------
-// Ragged input (csrc/common/ragged.h): one host synchronisation, the copy of cu_seqlens to the host
-// (its values are then checked, which also keeps garbage bounds from ever reaching a kernel). After
-// it, each run of consecutive equal-size images is a [k, N, D] view of the packed rows that goes
-// through the dense pipeline above on the current stream, and its fields are copied (device to
-// device, asynchronously) into the batch-wide outputs. budgets' values are not read (as the dense
-// path: reading them would be a second synchronisation). A synchronisation-free ragged path on a GPU
-// is the Triton backend's single launch; this is the fallback, with launches per run of images.
-// ---------------------------------------------------------------------------------------------
-namespace {
-
-ragged::Inputs ragged_inputs(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores,
-                             const Config& cfg, const c10::optional<at::Tensor>& sketch_matrix,
-                             const c10::optional<at::Tensor>& budgets) {
-  ragged::Inputs in;
-  in.tokens = tokens.contiguous();
-  if (scores.has_value()) in.scores = scores->contiguous();
-  // One [D, L] sketch: image i takes its first l_i columns, the [D, l_i] sketch (element (i, j) depends
-  // on j * D + i only).
-  in.omega = sketch_matrix.has_value() ? *sketch_matrix
-                                       : make_sketch(tokens.size(1), cfg.sketch_size, cfg.seed, tokens.options());
-  in.budgets = budgets;
-  in.cfg = cfg;
-  return in;
-}
-
 }  // namespace
 
-PruneOutputs adaptive_prune_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens,
-                                   const c10::optional<at::Tensor>& scores, double energy, bool center,
-                                   int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
-                                   c10::optional<int64_t> max_tokens, int64_t seed,
-                                   const c10::optional<at::Tensor>& sketch_matrix,
-                                   const c10::optional<at::Tensor>& budgets) {
-  check_ragged(tokens, cu_seqlens, c10::DeviceType::CUDA);
-  check_ragged_scores(scores, tokens);
-  const Config cfg = make_ragged_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                                        seed, sketch_matrix);
-  const c10::cuda::CUDAGuard device_guard(tokens.device());
-  const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));  // the one sync
-  check_ragged_budgets(budgets, tokens, bounds, cfg);  // metadata only for a CUDA tensor
-  c10::NoGradGuard no_grad;
-  const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
-  const ragged::Inputs in = ragged_inputs(tokens, scores, cfg, sketch_matrix, budgets);
-  const ragged::PruneOutputs out =
-      ragged::make_prune_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
-  for (const auto& s : ragged::equal_size_runs(bounds)) ragged::prune_segment(in, s, adaptive_prune, out);
-  return out;
+at::Tensor gaussian_sketch(int64_t num_features, int64_t sketch_size, uint64_t seed) {
+  TORCH_CHECK_VALUE(num_features >= 1, "num_features: expected a positive int, got ", num_features);
+  TORCH_CHECK_VALUE(sketch_size >= 1, "sketch_size: expected a positive int, got ", sketch_size);
+  TORCH_CHECK_VALUE(num_features <= kMaxSketchElements / sketch_size,
+                    "num_features * sketch_size: expected at most 2**31 - 1 elements (int32 offsets), got ",
+                    num_features, " * ", sketch_size);
+  const auto options = at::TensorOptions().device(at::kCUDA, c10::cuda::current_device());
+  return make_sketch(num_features, sketch_size, seed, options);
 }
 
-BudgetOutputs spectral_budget_ragged(const at::Tensor& tokens, const at::Tensor& cu_seqlens, double energy,
-                                     bool center, int64_t sketch_size, int64_t power_iters, int64_t min_tokens,
-                                     c10::optional<int64_t> max_tokens, int64_t seed,
-                                     const c10::optional<at::Tensor>& sketch_matrix) {
-  check_ragged(tokens, cu_seqlens, c10::DeviceType::CUDA);
-  const Config cfg = make_ragged_config(tokens, energy, center, sketch_size, power_iters, min_tokens, max_tokens,
-                                        seed, sketch_matrix);
-  const c10::cuda::CUDAGuard device_guard(tokens.device());
-  const std::vector<int64_t> bounds = image_bounds(cu_seqlens, tokens.size(0));  // the one sync
+// Ragged input (csrc/common/ragged.h) costs one host synchronisation, the copy of cu_seqlens to the
+// host (its values are then checked, which also keeps garbage bounds from ever reaching a kernel).
+// After it, each run of consecutive equal-size images is a [k, N, D] view of the packed rows that
+// goes through the dense pipeline on the current stream, and its fields are copied (device to
+// device, asynchronously) into the batch-wide outputs. budgets' values are not read (as the dense
+// path: they are clamped on the device). A synchronisation-free ragged path on a GPU is the Triton
+// backend's single launch; this is the fallback, with launches per run of images.
+Fields run(const Request& r) {
+  check_request(r, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard device_guard(r.tokens.device());
   c10::NoGradGuard no_grad;
   const Fp32MatmulGuard ieee_fp32_matmuls;  // independent of the caller's TF32 / bf16 settings
-  const ragged::Inputs in = ragged_inputs(tokens, c10::nullopt, cfg, sketch_matrix, c10::nullopt);
-  const ragged::BudgetOutputs out =
-      ragged::make_budget_outputs(in.tokens, static_cast<int64_t>(bounds.size()) - 1, cfg);
-  for (const auto& s : ragged::equal_size_runs(bounds)) ragged::budget_segment(in, s, spectral_budget, out);
-  return out;
+  if (!r.cu_seqlens.has_value()) return dense(r.tokens, r.scores, r.cfg, r.sketch, r.budgets, r.select);
+  const std::vector<int64_t> bounds = image_bounds(*r.cu_seqlens, r.tokens.size(0));  // the one sync
+  // One [D, L] sketch: image i takes its first l_i columns, the [D, l_i] sketch.
+  const at::Tensor omega = r.sketch.has_value() ? *r.sketch
+                                                : make_sketch(r.tokens.size(1), r.cfg.sketch_size, r.cfg.seed,
+                                                              r.tokens.options());
+  const auto in_order = [](const std::vector<ragged::Segment>& segments, const ragged::SegmentTask& task) {
+    for (const auto& segment : segments) task(segment);
+  };
+  return ragged::run(r, bounds, omega, dense, in_order);
 }
 
 }  // namespace cuda

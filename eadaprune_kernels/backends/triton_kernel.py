@@ -1,6 +1,6 @@
 """The fused Triton backend: the whole E-AdaPrune pipeline in ONE kernel launch per call.
 
-Same contract as :mod:`eadaprune_kernels.reference` (read its docstring for the semantics): budgets,
+Same contract as :mod:`eadaprune_kernels.backends.reference` (read its docstring for the semantics): budgets,
 sketched spectrum, exact centred energy, flat / saturated / non-finite images, leverage or given
 scores, selection with ties to the lower index and the padded gather. One program per image
 (grid = (B,)); every output element is written by the kernel, outputs and scratch come from
@@ -8,7 +8,7 @@ scores, selection with ties to the lower index and the padded gather. One progra
 
 On CPU tensors the backend runs only under the Triton interpreter: ``TRITON_INTERPRET=1`` must be
 set before :mod:`triton` is first imported. The interpreter is not the GPU (it computes ``tl.dot`` in
-full fp32 and mishandles bf16): see :mod:`eadaprune_kernels.triton_interpreter`, whose bf16 fix is
+full fp32 and mishandles bf16): see :mod:`eadaprune_kernels.backends.triton_interpreter`, whose bf16 fix is
 installed before every interpreted launch and whose sm_90 emulation the tests run under.
 
 Dtypes: the spectrum is computed in fp32 for every dtype; the gathered tokens are copied bit-exactly
@@ -36,7 +36,7 @@ Numerics (why these choices):
   removes one rank, and for low-rank images) and makes Q = Y L^-T an exact contraction
   (Q^T Q = I - s L^-1 L^-T <= I), so sigma_j(Q^T X_c) <= sigma_j(X_c) still holds. One pass leaves
   cond(Q) <~ s^-1/2 = 1e3, the second brings Q to ~u cond^2, the third to working precision: the
-  u^-1/2 ~ 4e3 limit of CholeskyQR2 (NUMERICS.md) is lifted to any condition number; directions
+  u^-1/2 ~ 4e3 limit of CholeskyQR2 (arXiv 1809.11085) is lifted to any condition number; directions
   below ~u ||Y|| are noise in any fp32 method. Householder would need l dependent sweeps over the
   [N, l] matrix; Newton-Schulz needs ~log(cond) iterations to lift weak directions.
 * Small SVD: two-sided Jacobi on H = Z^T Z (Z = X_c^T Q, accumulated in the same pass) with the
@@ -73,13 +73,11 @@ except ImportError as exc:  # optional dependency
 
 import torch
 
-from ._validation import PipelineConfig
-from .reference import ENERGY_SLACK, FLAT_RTOL
-from .results import BudgetResult, PruneResult
+from ..contract import ENERGY_SLACK, FLAT_RTOL, PipelineConfig
+from ..results import BudgetResult, PruneResult
 from .triton_interpreter import install_bf16_dot_fix
 
-__all__ = ["NAME", "SUPPORTS_RAGGED", "adaptive_prune", "spectral_budget", "adaptive_prune_ragged",
-           "spectral_budget_ragged"]
+__all__ = ["NAME", "MAX_SKETCH_SIZE", "run", "kernel_settings"]
 
 NAME = "triton"
 # The l x l blocks (LP x LP fp32, LP = next power of two >= l) go through shared memory for layout
@@ -88,7 +86,6 @@ NAME = "triton"
 # to another backend ("auto" skips this one; naming it raises BackendUnavailable).
 MAX_SKETCH_SIZE = 128
 MAX_SKETCH_SIZE_REASON = "its l x l blocks must fit the 227 KB of shared memory of an H100/H200 block"
-SUPPORTS_RAGGED = True
 
 # Shift of the CholeskyQR passes, relative to the largest diagonal entry of the Gram matrix. Each pass
 # makes the columns contract by lambda / (lambda + shift): the three passes of one orthonormalisation
@@ -407,7 +404,7 @@ def _eadaprune_kernel(
     MAX_SWEEPS: tl.constexpr,
     HAS_SKETCH: tl.constexpr, HAS_SCORES: tl.constexpr, HAS_BUDGETS: tl.constexpr, RAGGED: tl.constexpr,
 ):
-    """One program per image b: E-AdaPrune steps 1-9 of reference.py, see the module docstring.
+    """One program per image b: E-AdaPrune steps 1-9 of backends/reference.py, see the module docstring.
 
     Phases (each a loop over tiles of the image; scratch is per image and written between barriers):
       A  max|x| and the NaN/Inf scan (tokens, scores) -> power-of-two scale 1/s, ``bad``
@@ -772,38 +769,15 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     return sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask
 
 
-def spectral_budget(tokens: torch.Tensor, cfg: PipelineConfig) -> BudgetResult:
-    """Budgets for checked tokens [B, N, D] in one kernel launch; see reference.spectral_budget."""
-    sigma, energy, budgets, saturated, *_ = _launch(tokens, None, cfg, select=False)
-    return BudgetResult(budgets=budgets, singular_values=sigma, total_energy=energy,
-                        saturated=saturated, backend=NAME)
-
-
-def adaptive_prune(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConfig,
-                   budgets: torch.Tensor | None = None) -> PruneResult:
-    """Budgets, selection and padded gather for checked tokens [B, N, D] in one kernel launch.
-
-    ``budgets`` ([B] int32 in [min_tokens, max_tokens]) replaces the computed budgets, as the reference.
-    """
-    sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask = _launch(
-        tokens, scores, cfg, True, budgets)
-    return PruneResult(tokens=out_tokens, indices=out_indices, lengths=budgets, mask=out_mask,
-                       singular_values=sigma, total_energy=energy, saturated=saturated, backend=NAME)
-
-
-def spectral_budget_ragged(tokens: torch.Tensor, cu_seqlens: torch.Tensor, cfg: PipelineConfig) -> BudgetResult:
-    """Budgets of packed tokens [T, D] (image b = rows cu_seqlens[b]:cu_seqlens[b + 1]) in one launch,
-    one program per image, no host synchronisation; see reference.spectral_budget_ragged."""
-    sigma, energy, budgets, saturated, *_ = _launch(tokens, None, cfg, select=False, cu_seqlens=cu_seqlens)
-    return BudgetResult(budgets=budgets, singular_values=sigma, total_energy=energy,
-                        saturated=saturated, backend=NAME)
-
-
-def adaptive_prune_ragged(tokens: torch.Tensor, cu_seqlens: torch.Tensor, scores: torch.Tensor | None,
-                          cfg: PipelineConfig, budgets: torch.Tensor | None = None) -> PruneResult:
-    """Budgets, selection and padded gather of packed tokens [T, D] (scores [T]) in one launch; indices
-    are relative to each image's start. See reference.adaptive_prune_ragged."""
-    sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask = _launch(
-        tokens, scores, cfg, True, budgets, cu_seqlens=cu_seqlens)
-    return PruneResult(tokens=out_tokens, indices=out_indices, lengths=budgets, mask=out_mask,
-                       singular_values=sigma, total_energy=energy, saturated=saturated, backend=NAME)
+def run(tokens: torch.Tensor, cu_seqlens: torch.Tensor | None, scores: torch.Tensor | None, cfg: PipelineConfig,
+        budgets: torch.Tensor | None, select: bool) -> PruneResult | BudgetResult:
+    """The backend entry point (see :mod:`eadaprune_kernels.backends`): ONE kernel launch for dense
+    tokens [B, N, D] or packed tokens [T, D] with cu_seqlens [B + 1] (no host read of it); ``budgets``
+    [B] (each in the image's bounds) replaces the computed budgets. Indices of ragged input are
+    relative to each image's start."""
+    sigma, energy, lengths, saturated, kept, indices, mask = _launch(tokens, scores, cfg, select, budgets, cu_seqlens)
+    if not select:
+        return BudgetResult(budgets=lengths, singular_values=sigma, total_energy=energy, saturated=saturated,
+                            backend=NAME)
+    return PruneResult(tokens=kept, indices=indices, lengths=lengths, mask=mask, singular_values=sigma,
+                       total_energy=energy, saturated=saturated, backend=NAME)

@@ -1,19 +1,25 @@
-"""The one place that picks a backend.
+"""The one place that picks and runs a backend.
 
-A backend is a module exposing ``NAME``, ``adaptive_prune(tokens, scores, cfg, budgets=None) -> PruneResult`` and
-``spectral_budget(tokens, cfg) -> BudgetResult`` for checked, batched tokens [B, N, D] and a
-:class:`~eadaprune_kernels._validation.PipelineConfig`. Backends are imported lazily, once.
+A backend is an object (a module, or the native wrapper) with ``NAME`` and one entry point::
 
-Ragged input (packed tokens [T, D] with cu_seqlens [B + 1]) is a capability: a backend module that
-sets ``SUPPORTS_RAGGED = True`` also exposes ``adaptive_prune_ragged(tokens, cu_seqlens, scores, cfg,
-budgets=None)`` and ``spectral_budget_ragged(tokens, cu_seqlens, cfg)``. For a ragged call "auto"
-skips backends without it, and a named one without it raises :class:`RaggedUnsupported` (never a
-silent padding to dense).
+    run(tokens, cu_seqlens, scores, cfg, budgets, select) -> PruneResult (select) or BudgetResult
 
-``backend="auto"`` takes the first available backend of ``AUTO_ORDER`` for the tensor's device
-type; the environment variable ``EADAPRUNE_BACKEND`` replaces "auto" by a fixed name (an explicit
-``backend=`` argument still wins). A backend that is named and cannot run raises RuntimeError with
-the reason: there is no silent fallback. Every result carries the name of the backend that ran.
+for checked tokens: dense [B, N, D] with ``cu_seqlens=None`` and scores [B, N], or packed [T, D] with
+cu_seqlens [B + 1] and scores [T]; a :class:`~eadaprune_kernels.contract.PipelineConfig`; ``budgets``
+[B] replacing the computed budgets (or None). Ragged input is the general case: every shipped backend
+takes both layouts (a backend may declare ``SUPPORTS_RAGGED = False``; "auto" then skips it for ragged
+calls and naming it raises :class:`RaggedUnsupported`). A backend may declare ``MAX_SKETCH_SIZE``
+(with ``MAX_SKETCH_SIZE_REASON``): larger sketches skip it under "auto" and raise when it is named.
+
+Backends load lazily, once. ``backend="auto"`` takes the first available backend of ``AUTO_ORDER``
+for the tensor's device type; the environment variable ``EADAPRUNE_BACKEND`` replaces "auto" by a
+fixed name (an explicit ``backend=`` argument still wins). A backend that is named and cannot run
+raises :class:`BackendUnavailable` (a RuntimeError) with the reason: there is no silent fallback.
+Every result carries the name of the backend that ran.
+
+Layout: ``reference`` (the definition), ``triton_kernel`` (the fused kernel and its launcher),
+``triton_interpreter`` (what the Triton interpreter computes and how the GPU differs), ``native``
+(the C++ CPU and CUDA extensions).
 """
 
 from __future__ import annotations
@@ -21,21 +27,21 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from types import ModuleType
 
 import torch
 
 __all__ = ["BACKENDS", "AUTO_ORDER", "ENV_VAR", "BackendUnavailable", "RaggedUnsupported",
-           "available_backends", "max_sketch_size", "resolve_backend", "resolve_backend_name", "supports_ragged"]
+           "available_backends", "max_sketch_size", "resolve_backend", "resolve_backend_name", "supports_ragged",
+           "run"]
 
 ENV_VAR = "EADAPRUNE_BACKEND"
 
-# name -> (module, device types it runs on)
+# name -> (module[:factory], device types it runs on)
 BACKENDS: dict[str, tuple[str, frozenset[str]]] = {
-    "reference": ("eadaprune_kernels.reference", frozenset({"cpu", "cuda"})),
-    "cpu": ("eadaprune_kernels.cpu_backend", frozenset({"cpu"})),
-    "cuda": ("eadaprune_kernels.cuda_backend", frozenset({"cuda"})),
-    "triton": ("eadaprune_kernels.triton_backend", frozenset({"cuda", "cpu"})),
+    "reference": ("eadaprune_kernels.backends.reference", frozenset({"cpu", "cuda"})),
+    "cpu": ("eadaprune_kernels.backends.native:cpu", frozenset({"cpu"})),
+    "cuda": ("eadaprune_kernels.backends.native:cuda", frozenset({"cuda"})),
+    "triton": ("eadaprune_kernels.backends.triton_kernel", frozenset({"cuda", "cpu"})),
 }
 
 # Fastest first, per device type.
@@ -50,14 +56,16 @@ class BackendUnavailable(RuntimeError):
 
 
 class RaggedUnsupported(BackendUnavailable, NotImplementedError):
-    """A backend that was asked for does not take ragged input (cu_seqlens / a list of images) yet."""
+    """A backend that was asked for does not take ragged input (cu_seqlens / a list of images)."""
 
 
 @functools.cache
-def _load(name: str) -> ModuleType:
-    module_name, _ = BACKENDS[name]
+def _load(name: str):
+    path, _ = BACKENDS[name]
+    module_name, _, factory = path.partition(":")
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
+        return getattr(module, factory)() if factory else module
     except ImportError as exc:  # missing optional dependency or unbuilt extension
         raise BackendUnavailable(f"backend {name!r} is unavailable: {exc}") from exc
 
@@ -71,8 +79,8 @@ def _is_available(name: str) -> bool:
 
 
 def supports_ragged(name: str) -> bool:
-    """Whether the (importable) backend ``name`` takes packed ragged input: its ``SUPPORTS_RAGGED`` flag."""
-    return bool(getattr(_load(name), "SUPPORTS_RAGGED", False))
+    """Whether the (importable) backend ``name`` takes packed ragged input (``SUPPORTS_RAGGED``, default True)."""
+    return bool(getattr(_load(name), "SUPPORTS_RAGGED", True))
 
 
 def max_sketch_size(name: str) -> int | None:
@@ -97,10 +105,9 @@ def available_backends(device: torch.device | str = "cpu", ragged: bool = False,
 def resolve_backend_name(backend: str, device_type: str, ragged: bool = False, sketch_size: int = 1) -> str:
     """The name of the backend that ``backend`` ("auto" or a name) resolves to on ``device_type``.
 
-    With ``ragged`` the backend must take packed ragged input: "auto" skips those that do not, and a
-    named one that does not raises :class:`RaggedUnsupported`. Likewise a backend whose
-    ``MAX_SKETCH_SIZE`` is below ``sketch_size`` (the resolved l) is skipped by "auto" and raises
-    :class:`BackendUnavailable` when named.
+    With ``ragged`` the backend must take packed ragged input; a backend whose ``MAX_SKETCH_SIZE`` is
+    below ``sketch_size`` (the resolved l) is skipped by "auto" and raises :class:`BackendUnavailable`
+    when named.
 
     Marked as a constant for torch.compile: it reads only the arguments, the environment and which
     modules import, so it runs once at trace time and never breaks the graph.
@@ -121,9 +128,7 @@ def resolve_backend_name(backend: str, device_type: str, ragged: bool = False, s
             f"backend 'auto': no backend runs {what} with l = {sketch_size} on device type {device_type!r}"
         )
     if backend not in BACKENDS:
-        raise ValueError(
-            f"backend{source}: expected 'auto' or one of {sorted(BACKENDS)}, got {backend!r}"
-        )
+        raise ValueError(f"backend{source}: expected 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
     _, device_types = BACKENDS[backend]
     if device_type not in device_types:
         raise BackendUnavailable(
@@ -133,7 +138,7 @@ def resolve_backend_name(backend: str, device_type: str, ragged: bool = False, s
     if ragged and not supports_ragged(backend):
         raise RaggedUnsupported(
             f"backend {backend!r}{source} does not support ragged input (packed tokens with cu_seqlens, or a "
-            f"list of images) yet; use backend='reference' or 'triton', or pad the images to one N yourself"
+            f"list of images); use another backend, or pad the images to one N yourself"
         )
     limit = max_sketch_size(backend)
     if limit is not None and sketch_size > limit:
@@ -145,7 +150,15 @@ def resolve_backend_name(backend: str, device_type: str, ragged: bool = False, s
     return backend
 
 
-def resolve_backend(backend: str, device: torch.device, ragged: bool = False, sketch_size: int = 1) -> ModuleType:
-    """The backend module to run for ``backend`` ("auto" or a name) on ``device`` (ragged input and a
+def resolve_backend(backend: str, device: torch.device | str, ragged: bool = False, sketch_size: int = 1):
+    """The backend object to run for ``backend`` ("auto" or a name) on ``device`` (ragged input and a
     sketch of ``sketch_size`` columns)."""
     return _load(resolve_backend_name(backend, torch.device(device).type, ragged, sketch_size))
+
+
+def run(name: str, tokens, cu_seqlens, scores, cfg, budgets, select: bool):
+    """Runs the backend ``name`` (see the module docstring for the arguments). ``name`` is resolved
+    again for these tensors (cached: device type, ragged input and the sketch size checked against the
+    backend), so a direct caller of the custom ops gets the same errors as the public functions."""
+    name = resolve_backend_name(name, tokens.device.type, cu_seqlens is not None, cfg.sketch_size)
+    return _load(name).run(tokens, cu_seqlens, scores, cfg, budgets, select)
