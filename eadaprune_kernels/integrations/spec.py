@@ -51,11 +51,10 @@ def _mismatch(entry_sizes: list[int], runs: list[int], what: str) -> ValueError:
 def runs_within_entries(entry_sizes: list[int], runs: list[int]) -> list[int]:
     """The runs as views, checking that each entry is covered by whole runs (Idefics3: an entry holds
     all tiles of one prompt, each tile is one run)."""
-    ends = set(torch.tensor(entry_sizes, dtype=torch.long).cumsum(0).tolist())
-    position = 0
-    for length in runs:
-        position += length
-        if position not in ends:
+    run_ends = set(torch.tensor(runs, dtype=torch.long).cumsum(0).tolist())
+    entry_ends = torch.tensor(entry_sizes, dtype=torch.long).cumsum(0).tolist()
+    for size, end in zip(entry_sizes, entry_ends):
+        if size and end not in run_ends:
             raise _mismatch(entry_sizes, runs, "a run crosses the end of an entry")
     return list(runs)
 
