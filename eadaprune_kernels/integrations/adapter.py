@@ -350,6 +350,12 @@ class TokenPruningHandle:
         position_ids = family.positions(model, edit)
         if position_ids is not None:
             call["position_ids"] = position_ids
+        if given_mask is None and (edit.position_ids is not None or bool(call["attention_mask"].all())):
+            # The caller passed no mask: keep it that way when no row needs padding, and for
+            # padding-free packed rows (position_ids given), where transformers finds the sequences
+            # from the position restarts only without a mask; the new padding sits at position 0, so
+            # every padding token is a sequence of its own that no real token attends to.
+            call.pop("attention_mask")
 
         # 4. The pruned features, in the model's own entry structure (a list; see FamilySpec.stacked_pooler).
         entry_offsets = torch.tensor([0] + entry_sizes, dtype=torch.long).cumsum(0).tolist()
@@ -371,7 +377,7 @@ class TokenPruningHandle:
         sample_of_placeholder = is_placeholder.nonzero()[:, 0]
         record = PrunedInputs(
             input_ids=call["input_ids"],
-            attention_mask=call["attention_mask"],
+            attention_mask=edit.new_attention_mask,
             position_ids=call.get("position_ids"),
             keep=keep,
             image_features=tuple(kept_rows[kept_offsets[u]:kept_offsets[u + 1]] for u in range(len(units))),
