@@ -10,6 +10,7 @@ import inspect
 
 import pytest
 import torch
+from packaging.version import Version
 
 transformers = pytest.importorskip("transformers", minversion="5.18")
 
@@ -83,7 +84,7 @@ def test_units_image_and_view(name):
             expected_keep[offsets[u] + idx] = True
         assert torch.equal(kept, expected_keep)
     if name == "idefics3":
-        with pytest.raises(ValueError, match="^unit: Idefics3 / SmolVLM prunes per 'view', got 'image'"):
+        with pytest.raises(ValueError, match="^unit: Idefics3 prunes per 'view', got 'image'"):
             enable_token_pruning(model, unit="image")
 
 
@@ -247,6 +248,20 @@ def test_unsupported_models_raise_type_error_listing_the_supported_classes(llava
             enable_token_pruning(other)
         assert all(name in str(error.value) for name in SUPPORTED_MODELS)
         assert type(other).__name__ in str(error.value)
+
+
+def test_smolvlm_needs_transformers_5_21():
+    """Before 5.21 SmolVLM's inputs_merger cuts the features into blocks of one tile's token count: the
+    adapter refuses it there, with the reason, and runs from 5.21 on."""
+    case, model, prompts = _built("smolvlm")
+    if Version(transformers.__version__) < Version("5.21"):
+        with pytest.raises(RuntimeError, match=r"^model: token pruning of SmolVLM needs transformers >= 5\.21"):
+            enable_token_pruning(model)
+        assert "forward" not in model.__dict__
+    else:
+        with enable_token_pruning(model, energy=case.energy) as handle, torch.no_grad():
+            model(**_batch(case, prompts, "left"))
+        assert handle.last.family == "SmolVLM"
 
 
 def test_bad_unit_and_videos_are_refused(llava, qwen2):

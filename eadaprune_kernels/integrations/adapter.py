@@ -174,6 +174,7 @@ class TokenPruningHandle:
         self._originals: dict[str, object] = {}
         self._forward_signature = None
         self._generate_signature = None
+        self._stacked_pooler = False  # the last encoder output was one tensor: forward wants one
 
     # ---------------------------------------------------------------- install / remove
     @property
@@ -236,7 +237,7 @@ class TokenPruningHandle:
         original = self._originals["forward"]
         call = _bind(self._forward_signature, args, kwargs)
         if call is None or not _has_images(call.get("pixel_values")):
-            if call is not None and self.family.stacked_pooler and _stack_pooler(call):
+            if call is not None and self._stacked_pooler and _stack_pooler(call):
                 return original(**call)  # generate's prefill step with our (list) features
             return original(*args, **kwargs)
         call, self.last = self.prune_inputs(**call)
@@ -296,6 +297,7 @@ class TokenPruningHandle:
             if key != "kwargs" and key in call
         }
         image_outputs = encoder(**encoder_kwargs, return_dict=True)
+        stacked = isinstance(image_outputs.pooler_output, torch.Tensor)
         entries = list(image_outputs.pooler_output)
         entry_sizes = [int(e.shape[0]) for e in entries]
         image_token_id = model.config.image_token_id
@@ -357,7 +359,9 @@ class TokenPruningHandle:
             # every padding token is a sequence of its own that no real token attends to.
             call.pop("attention_mask")
 
-        # 4. The pruned features, in the model's own entry structure (a list; see FamilySpec.stacked_pooler).
+        # 4. The pruned features, in the model's own entry structure. Always a list: generate's beam
+        # expansion needs entries of unequal length, and a model whose encoder returns one stacked
+        # tensor (Gemma 3, PaliGemma, InternVL) gets them stacked into [1, K, D] at its forward.
         entry_offsets = torch.tensor([0] + entry_sizes, dtype=torch.long).cumsum(0).tolist()
         entry_rows = [keep_rows[entry_offsets[e]:entry_offsets[e + 1]] for e in range(len(entries))]
         image_outputs.pooler_output = [entry[kept] for entry, kept in zip(entries, entry_rows)]
@@ -368,7 +372,8 @@ class TokenPruningHandle:
                     [feature[kept] for feature, kept in zip(layer, entry_rows)] for layer in layers
                 ])
         call["mm_encoder_outputs"] = {**mm, "image": image_outputs}
-        if not for_generate and family.stacked_pooler:
+        self._stacked_pooler = stacked
+        if not for_generate and self._stacked_pooler:
             _stack_pooler(call)
 
         kept_rows = rows[keep_rows]
@@ -483,7 +488,19 @@ def _check_model(model) -> FamilySpec:
             f"model: {type(model).__name__}.forward takes no mm_encoder_outputs; token pruning needs "
             f"transformers >= {MIN_TRANSFORMERS}, found {transformers.__version__}"
         )
+    if family.min_transformers is not None and _version(transformers.__version__) < _version(family.min_transformers):
+        raise RuntimeError(
+            f"model: token pruning of {family.name} needs transformers >= {family.min_transformers}, found "
+            f"{transformers.__version__}: before, {family.why}"
+        )
     return family
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string such as '5.21.0' or '5.22.0.dev0'."""
+    from packaging.version import Version
+
+    return Version(text).release
 
 
 def _check_int(name: str, value, low: int) -> None:

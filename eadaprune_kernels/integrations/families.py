@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from .gemma import GEMMA3, PALIGEMMA
-from .idefics import IDEFICS3
+from .idefics import IDEFICS3, SMOLVLM
 from .internvl import INTERNVL
 from .llava import LLAVA, LLAVA_ANYRES
 from .qwen_vl import QWEN_VL
 
 __all__ = ["FAMILIES", "SUPPORTED_MODELS", "find_family"]
 
-FAMILIES = (LLAVA, LLAVA_ANYRES, QWEN_VL, GEMMA3, PALIGEMMA, INTERNVL, IDEFICS3)
+FAMILIES = (LLAVA, LLAVA_ANYRES, QWEN_VL, GEMMA3, PALIGEMMA, INTERNVL, IDEFICS3, SMOLVLM)
 
 SUPPORTED_MODELS = tuple(name for family in FAMILIES for name in family.classes)
 

@@ -1,9 +1,8 @@
 """Gemma 3 and PaliGemma.
 
 ``get_image_features`` returns ``pooler_output`` as one [I, N, D] tensor (N = ``mm_tokens_per_image``,
-256 for the released models), and ``forward`` reads it as a tensor: the core hands ``generate`` a
-list of the pruned images (its beam expansion needs entries of unequal length) and stacks them into
-one [1, K, D] tensor at the model boundary (``forward`` only needs the rows in placeholder order).
+256 for the released models), one entry per image, and ``forward`` reads it as a tensor (the core
+stacks the pruned images at the model boundary, see :mod:`.adapter`).
 
 ``token_type_ids`` (and ``mm_token_type_ids``) follow the kept tokens like ``attention_mask``. Gemma 3
 marks image tokens with 1 and lets each contiguous run attend to itself bidirectionally: a pruned
@@ -21,11 +20,9 @@ __all__ = ["GEMMA3", "PALIGEMMA"]
 GEMMA3 = FamilySpec(
     name="Gemma 3",
     classes=("Gemma3ForConditionalGeneration",),
-    stacked_pooler=True,
 )
 
 PALIGEMMA = FamilySpec(
     name="PaliGemma",
     classes=("PaliGemmaForConditionalGeneration",),
-    stacked_pooler=True,
 )

@@ -6,7 +6,7 @@ stacked [tiles, T, D] tensor. The prompt holds one run of ``<IMG_CONTEXT>`` plac
 (between ``<img>`` and ``</img>``), T per tile, so the runs tell which tiles form an image.
 ``unit="image"`` (default) prunes all tiles of an image as one matrix; ``unit="view"`` prunes each
 tile on its own. Like Gemma 3, ``forward`` reads ``pooler_output`` as a tensor (stacked at the model
-boundary).
+boundary, see :mod:`.adapter`).
 """
 
 from __future__ import annotations
@@ -25,5 +25,4 @@ INTERNVL = FamilySpec(
     name="InternVL",
     classes=("InternVLForConditionalGeneration",),
     layout=tiles_layout,
-    stacked_pooler=True,
 )

@@ -7,7 +7,6 @@ the core (:mod:`.adapter`) does the work and a family is described only by what 
 * how its feature rows split into **views** (tiles, or the overview and the high-resolution grid)
   and which **image** each view belongs to (:class:`Layout`, from the entry sizes and the lengths of
   the placeholder runs in ``input_ids``);
-* whether ``forward`` wants ``pooler_output`` as one stacked tensor instead of a list;
 * feature lists that must be pruned with the same rows (Qwen3-VL's deepstack features);
 * how positions are built for the pruned prompt (Qwen's M-RoPE), when the default (positions follow
   the pruned attention mask) is not right.
@@ -155,9 +154,6 @@ class FamilySpec:
                        as one token matrix, "view" each view (tile) on its own.
     layout:            ``(config, entry_sizes, runs) -> Layout``; ``runs`` are the lengths of the
                        placeholder runs of ``input_ids`` in row-major order.
-    stacked_pooler:    ``forward`` reads ``pooler_output`` as one tensor (Gemma 3, PaliGemma,
-                       InternVL); the core hands ``generate`` a list (its beam expansion needs
-                       entries of unequal length) and stacks it at the model boundary.
     per_entry_features: attributes of the encoder output that hold, per layer, one tensor per entry
                        whose rows follow the features' rows (pruned with the same rows).
     positions:         ``(model, PromptEdit) -> position_ids or None`` for the pruned call; the
@@ -165,13 +161,16 @@ class FamilySpec:
                        caller's position_ids down); Qwen's M-RoPE needs its own (:mod:`.qwen_vl`).
     fixed_num_tokens:  ``config -> N`` when every unit has N rows known from the config (the
                        keywords are then checked against it at enable time), else None.
+    min_transformers:  the lowest transformers version whose model merges images as the core
+                       expects, when it is above the adapter's own minimum; the reason in ``why``.
     """
 
     name: str
     classes: tuple[str, ...]
     units: tuple[str, ...] = ("image", "view")
     layout: Callable[..., Layout] = one_view_per_entry
-    stacked_pooler: bool = False
     per_entry_features: tuple[str, ...] = ()
     positions: Callable[..., torch.Tensor | None] = default_positions
     fixed_num_tokens: Callable[..., int | None] = field(default=lambda config: None)
+    min_transformers: str | None = None
+    why: str = ""
