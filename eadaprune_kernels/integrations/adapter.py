@@ -9,7 +9,8 @@
 
 Supported: the classes of :data:`~.families.SUPPORTED_MODELS` (LLaVA, LLaVA-NeXT, LLaVA-OneVision,
 Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, PaliGemma, InternVL, Idefics3, SmolVLM) of transformers
->= 5.18, the versions whose ``forward`` takes ``mm_encoder_outputs``. What differs between them is
+>= 5.18, the versions whose ``forward`` takes ``mm_encoder_outputs`` (SmolVLM: >= 5.21, see
+:mod:`.idefics`); tested on 5.18.0 and 5.24.0. What differs between them is
 described by one small :class:`~.spec.FamilySpec` each (:mod:`.llava`, :mod:`.qwen_vl`,
 :mod:`.gemma`, :mod:`.internvl`, :mod:`.idefics`).
 
@@ -303,6 +304,8 @@ class TokenPruningHandle:
         image_token_id = model.config.image_token_id
         is_placeholder = input_ids == image_token_id
         runs = _placeholder_runs(is_placeholder)
+        if sum(entry_sizes) == 0:
+            raise ValueError("pixel_values: the images give no features (every image is padding); drop pixel_values")
         if sum(runs) != sum(entry_sizes):
             raise ValueError(
                 f"input_ids: holds {sum(runs)} image placeholder tokens (id {image_token_id}) but the images "
