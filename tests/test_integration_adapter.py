@@ -214,7 +214,7 @@ def test_qwen_decoding_from_the_cache_uses_the_pruned_rope_deltas(qwen2):
 
 
 # ---------------------------------------------------------------- budgets
-@pytest.mark.parametrize("name", ["llava", "llava_next"])
+@pytest.mark.parametrize("name", ["llava", "llava_onevision"])
 def test_total_budget_is_shared_over_all_units(name):
     """total_budget goes to one adaptive_prune call over every unit of the call (batched when the units
     have one N, ragged otherwise), so the batch keeps exactly that many image tokens."""
@@ -224,6 +224,7 @@ def test_total_budget_is_shared_over_all_units(name):
     sizes = [sum(1 for t in p.tokens if t == IMG) for p in prompts]
     units = list(rows.split(sizes))
     total = sum(sizes) // 3
+    assert (len(set(sizes)) > 1) == (name == "llava_onevision")  # a ragged call, or a batched one
     with enable_token_pruning(model, total_budget=total) as handle, torch.no_grad():
         model(**inputs)
         record = handle.last
@@ -236,6 +237,42 @@ def test_total_budget_is_shared_over_all_units(name):
             model(**_batch(case, prompts, "left", which=(0,)))  # more than the one image holds
     with pytest.raises(TypeError, match="^total_budget: "):
         enable_token_pruning(model, total_budget=1.5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_units_of_different_n_go_to_one_ragged_call(backend):
+    """LLaVA-OneVision's images have different N: one ragged adaptive_prune call prunes them all, and
+    each unit keeps what adaptive_prune keeps of it alone."""
+    case, model, prompts = _built("llava_onevision")
+    inputs = _batch(case, prompts, "left")
+    rows = _features(model, case, prompts, inputs)
+    with enable_token_pruning(model, energy=case.energy, backend=backend) as handle, torch.no_grad():
+        model(**inputs)
+    record = handle.last
+    sizes = record.num_image_tokens.tolist()
+    assert len(set(sizes)) == 2
+    (result,) = record.results
+    assert result.backend == backend and result.lengths.shape == (2,)
+    for unit, kept in zip(rows.split(sizes), record.kept_indices):
+        alone = adaptive_prune(unit, energy=case.energy, backend=backend)
+        assert torch.equal(kept, alone.indices[: int(alone.lengths)])
+
+
+@pytest.mark.parametrize("name", ["gemma3", "internvl", "qwen3_vl", "idefics3"])
+def test_beam_search_with_several_images_per_prompt(name):
+    """generate expands the pruned features per beam (entries of unequal length, deepstack features
+    included): keeping every token gives the un-pruned beams, pruning gives beams of the pruned prompt."""
+    case, model, prompts = _built(name)
+    inputs = _batch(case, prompts, "left")
+    beams = {"max_new_tokens": 2, "do_sample": False, "num_beams": 2, "num_return_sequences": 2}
+    plain = model.generate(**inputs, **beams)
+    with enable_token_pruning(model, **case.keep_all):
+        assert torch.equal(model.generate(**inputs, **beams), plain)
+    with enable_token_pruning(model, energy=case.energy) as handle:
+        out = model.generate(**inputs, **beams)
+    assert bool((handle.last.budgets < handle.last.num_image_tokens).any())
+    assert out.shape == (4, inputs["input_ids"].shape[1] + 2)
+    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"].repeat_interleave(2, 0))
 
 
 # ---------------------------------------------------------------- errors

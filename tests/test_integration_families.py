@@ -214,7 +214,8 @@ def _internvl_prompts(model):
 def _idefics(name):
     def build():
         vision = getattr(transformers, f"{name}VisionConfig")(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=56, patch_size=7)
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=56,
+            patch_size=7)
         config = getattr(transformers, f"{name}Config")(
             vision_config=vision, text_config=transformers.LlamaConfig(**TEXT), image_token_id=IMG, scale_factor=2)
         return getattr(transformers, f"{name}ForConditionalGeneration")(config)
@@ -388,9 +389,9 @@ def test_pruned_forward_equals_the_model_with_dropped_tokens_masked(family):
     holed = mask * keep
     reference = dict(inputs, attention_mask=holed)
     if case.mrope:
-        types = inputs["mm_token_type_ids"]
         reference["position_ids"] = model.base_model.get_rope_index(
-            inputs["input_ids"], mm_token_type_ids=types, image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)[0]
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=mask)[0]
     else:
         reference["position_ids"] = (holed.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():

@@ -31,9 +31,8 @@ the class methods; :meth:`TokenPruningHandle.disable` removes them). A call that
    them into views (tiles) and images;
 2. each pruning unit (an image, or a view with ``unit="view"``) is one [N_u, D] matrix: all units go
    to :func:`~eadaprune_kernels.adaptive_prune` in one call (batched when every N_u is equal, else
-   ragged, or grouped by N_u on a backend without ragged input). The indices are chosen on detached
-   features and the kept rows are gathered with plain indexing, so gradients reach the kept features
-   (and the vision tower) in training;
+   ragged). The indices are chosen on detached features and the kept rows are gathered with plain
+   indexing, so gradients reach the kept features (and the vision tower) in training;
 3. in ``input_ids`` the placeholders of the dropped rows are removed (the placeholders of a unit
    are its rows in order), and every sequence is re-packed and re-padded to the new common length on
    the padding side (``padding_side=``, else ``processor``'s tokenizer, else inferred from
@@ -76,13 +75,11 @@ import copy
 import functools
 import inspect
 import numbers
-import os
 from dataclasses import dataclass
 
 import torch
 
 from .. import PruneResult, adaptive_prune, spectral_budget
-from ..backends import available_backends
 from .families import SUPPORTED_MODELS, find_family
 from .spec import FamilySpec, PromptEdit
 
@@ -104,7 +101,6 @@ _PRUNE_DEFAULTS = {
 _ALIGNED_FILL = {"attention_mask": 0, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
 
 _HANDLE_ATTR = "_eadaprune_token_pruning"
-_BACKEND_ENV = "EADAPRUNE_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -124,8 +120,7 @@ class PrunedInputs:
         unit_image:        [U] int64, the image each unit belongs to (its index among the call's
                            images as the family counts them; Idefics3 / SmolVLM: the tile).
         unit_sample:       [U] int64, the prompt (batch row) each unit belongs to.
-        results:           the PruneResult of each adaptive_prune call (one, unless the units had
-                           different N and the backend takes no ragged input: one per distinct N).
+        results:           the PruneResult of the call's adaptive_prune call (a tuple of one).
         padding_side:      "left" or "right", the side the re-padding used.
         unit:              "image" or "view", what one pruned matrix was.
         family:            the name of the model family.
@@ -290,7 +285,7 @@ class TokenPruningHandle:
         if mm.get("image") is not None:
             raise ValueError("mm_encoder_outputs: pre-computed image features cannot be combined with pixel_values")
 
-        # 1. Encode the images exactly as the model (and generate) would, and lay them out.
+        # 1. Encode the images exactly as the model (and generate) would, and lay them out in units.
         encoder = model.base_model.get_image_features
         encoder_kwargs = {
             key: call.pop(key)
@@ -298,40 +293,84 @@ class TokenPruningHandle:
             if key != "kwargs" and key in call
         }
         image_outputs = encoder(**encoder_kwargs, return_dict=True)
-        stacked = isinstance(image_outputs.pooler_output, torch.Tensor)
+        self._stacked_pooler = isinstance(image_outputs.pooler_output, torch.Tensor)
         entries = list(image_outputs.pooler_output)
+        is_placeholder = input_ids == model.config.image_token_id
+        unit_sizes, unit_image = self._units(entries, is_placeholder)
+
+        # 2. Prune: indices from the detached features, one adaptive_prune call for all units.
+        rows = torch.cat(entries)
+        offsets = torch.tensor([0] + unit_sizes, dtype=torch.long).cumsum(0).tolist()
+        units = [rows[offsets[u]:offsets[u + 1]].detach() for u in range(len(unit_sizes))]
+        kept_indices, results = _prune_units(units, self.prune_kwargs)
+        keep_rows = torch.zeros(offsets[-1], dtype=torch.bool, device=rows.device)
+        keep_rows[torch.cat([idx + offsets[u] for u, idx in enumerate(kept_indices)])] = True
+
+        # 3. Which tokens stay (the placeholders of a unit are its rows), the re-packed prompt, positions.
+        keep = torch.ones_like(is_placeholder)
+        keep[is_placeholder] = keep_rows.to(input_ids.device)
+        edit = self._shorten(call, keep, for_generate, {**model_kwargs, **encoder_kwargs})
+
+        # 4. The kept features, gathered by plain indexing (gradients reach them), in the model's own
+        # entry structure. Always a list: generate's beam expansion needs entries of unequal length;
+        # a model whose encoder returns one stacked tensor (Gemma 3, PaliGemma, InternVL) gets them
+        # stacked into [1, K, D] at its forward.
+        entry_offsets = torch.tensor([0] + [int(e.shape[0]) for e in entries]).cumsum(0).tolist()
+        entry_rows = [keep_rows[entry_offsets[e]:entry_offsets[e + 1]] for e in range(len(entries))]
+        image_outputs.pooler_output = [entry[kept] for entry, kept in zip(entries, entry_rows)]
+        for name in family.per_entry_features:
+            layers = getattr(image_outputs, name, None)
+            if layers is not None:
+                setattr(image_outputs, name, [
+                    [feature[kept] for feature, kept in zip(layer, entry_rows)] for layer in layers
+                ])
+        call["mm_encoder_outputs"] = {**mm, "image": image_outputs}
+        if not for_generate and self._stacked_pooler:
+            _stack_pooler(call)
+
+        device = input_ids.device
+        budgets = torch.tensor([int(idx.numel()) for idx in kept_indices], dtype=torch.long, device=device)
+        first_placeholder = torch.tensor(offsets[:-1], dtype=torch.long, device=device)
+        record = PrunedInputs(
+            input_ids=call["input_ids"],
+            attention_mask=edit.new_attention_mask,
+            position_ids=call.get("position_ids"),
+            keep=keep,
+            image_features=tuple(rows[keep_rows].split(budgets.tolist())),
+            kept_indices=tuple(kept_indices),
+            budgets=budgets,
+            num_image_tokens=torch.tensor(unit_sizes, dtype=torch.long, device=device),
+            unit_image=torch.tensor(unit_image, dtype=torch.long, device=device),
+            unit_sample=is_placeholder.nonzero()[:, 0][first_placeholder],
+            results=results,
+            padding_side=edit.padding_side,
+            unit=self.unit,
+            family=family.name,
+        )
+        return call, record
+
+    def _units(self, entries: list[torch.Tensor], is_placeholder: torch.Tensor) -> tuple[list[int], list[int]]:
+        """(rows of each pruning unit, image of each unit), in placeholder order."""
         entry_sizes = [int(e.shape[0]) for e in entries]
-        image_token_id = model.config.image_token_id
-        is_placeholder = input_ids == image_token_id
         runs = _placeholder_runs(is_placeholder)
         if sum(entry_sizes) == 0:
             raise ValueError("pixel_values: the images give no features (every image is padding); drop pixel_values")
         if sum(runs) != sum(entry_sizes):
             raise ValueError(
-                f"input_ids: holds {sum(runs)} image placeholder tokens (id {image_token_id}) but the images "
-                f"give {sum(entry_sizes)} features ({entry_sizes}); the prompt needs one placeholder per "
-                f"image feature before pruning"
+                f"input_ids: holds {sum(runs)} image placeholder tokens (id {self.model.config.image_token_id}) "
+                f"but the images give {sum(entry_sizes)} features ({entry_sizes}); the prompt needs one "
+                f"placeholder per image feature before pruning"
             )
-        layout = family.layout(model.config, entry_sizes, runs)
+        layout = self.family.layout(self.model.config, entry_sizes, runs)
         if self.unit == "image":
-            unit_sizes, unit_image = _merge_views(layout)
-        else:
-            unit_sizes, unit_image = list(layout.view_sizes), list(layout.view_image)
+            return _merge_views(layout)
+        return list(layout.view_sizes), list(layout.view_image)
 
-        # 2. Prune: indices from the detached features, gather by plain indexing (autograd-friendly).
-        rows = torch.cat(entries) if entries else None
-        offsets = torch.tensor([0] + unit_sizes, dtype=torch.long).cumsum(0).tolist()
-        units = [rows[offsets[u]:offsets[u + 1]].detach() for u in range(len(unit_sizes))]
-        kept_indices, results = _prune_units(units, self.prune_kwargs)
-        device = input_ids.device
-        keep_rows = torch.zeros(offsets[-1], dtype=torch.bool, device=rows.device)
-        keep_rows[torch.cat([idx + offsets[u] for u, idx in enumerate(kept_indices)])] = True
-
-        # 3. Which tokens stay, and the re-packed, re-padded prompt.
-        keep = torch.ones_like(is_placeholder)
-        keep[is_placeholder] = keep_rows.to(device)
-        attention_mask = call.get("attention_mask")
-        given_mask = attention_mask
+    def _shorten(self, call: dict, keep: torch.Tensor, for_generate: bool, inputs: dict) -> PromptEdit:
+        """Re-packs ``call``'s prompt and aligned inputs to the kept tokens (in place) and sets its
+        positions; returns the :class:`PromptEdit` (its ``padding_side`` attribute added)."""
+        input_ids = call["input_ids"]
+        attention_mask = given_mask = call.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         elif not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
@@ -349,10 +388,10 @@ class TokenPruningHandle:
                 call[key] = repack(value, fill)
         edit = PromptEdit(
             input_ids=input_ids, attention_mask=given_mask, position_ids=call.get("position_ids"), keep=keep,
-            new_attention_mask=call["attention_mask"], repack=repack,
-            inputs={**model_kwargs, **encoder_kwargs}, for_generate=for_generate,
+            new_attention_mask=call["attention_mask"], repack=repack, inputs=inputs, for_generate=for_generate,
+            padding_side=side,
         )
-        position_ids = family.positions(model, edit)
+        position_ids = self.family.positions(self.model, edit)
         if position_ids is not None:
             call["position_ids"] = position_ids
         if given_mask is None and (edit.position_ids is not None or bool(call["attention_mask"].all())):
@@ -361,45 +400,7 @@ class TokenPruningHandle:
             # from the position restarts only without a mask; the new padding sits at position 0, so
             # every padding token is a sequence of its own that no real token attends to.
             call.pop("attention_mask")
-
-        # 4. The pruned features, in the model's own entry structure. Always a list: generate's beam
-        # expansion needs entries of unequal length, and a model whose encoder returns one stacked
-        # tensor (Gemma 3, PaliGemma, InternVL) gets them stacked into [1, K, D] at its forward.
-        entry_offsets = torch.tensor([0] + entry_sizes, dtype=torch.long).cumsum(0).tolist()
-        entry_rows = [keep_rows[entry_offsets[e]:entry_offsets[e + 1]] for e in range(len(entries))]
-        image_outputs.pooler_output = [entry[kept] for entry, kept in zip(entries, entry_rows)]
-        for name in family.per_entry_features:
-            layers = getattr(image_outputs, name, None)
-            if layers is not None:
-                setattr(image_outputs, name, [
-                    [feature[kept] for feature, kept in zip(layer, entry_rows)] for layer in layers
-                ])
-        call["mm_encoder_outputs"] = {**mm, "image": image_outputs}
-        self._stacked_pooler = stacked
-        if not for_generate and self._stacked_pooler:
-            _stack_pooler(call)
-
-        kept_rows = rows[keep_rows]
-        budgets = torch.tensor([int(idx.numel()) for idx in kept_indices], dtype=torch.long, device=device)
-        kept_offsets = torch.tensor([0] + budgets.tolist(), dtype=torch.long).cumsum(0).tolist()
-        sample_of_placeholder = is_placeholder.nonzero()[:, 0]
-        record = PrunedInputs(
-            input_ids=call["input_ids"],
-            attention_mask=edit.new_attention_mask,
-            position_ids=call.get("position_ids"),
-            keep=keep,
-            image_features=tuple(kept_rows[kept_offsets[u]:kept_offsets[u + 1]] for u in range(len(units))),
-            kept_indices=tuple(kept_indices),
-            budgets=budgets,
-            num_image_tokens=torch.tensor(unit_sizes, dtype=torch.long, device=device),
-            unit_image=torch.tensor(unit_image, dtype=torch.long, device=device),
-            unit_sample=sample_of_placeholder[torch.tensor(offsets[:-1], dtype=torch.long, device=device)],
-            results=results,
-            padding_side=side,
-            unit=self.unit,
-            family=family.name,
-        )
-        return call, record
+        return edit
 
     def _padding_side(self, attention_mask: torch.Tensor) -> str:
         if self.padding_side is not None:
@@ -426,7 +427,8 @@ class TokenPruningHandle:
             getattr(model.config.get_text_config(), "pad_token_id", None),
         )
         for candidate in candidates:
-            if isinstance(candidate, numbers.Integral) and not isinstance(candidate, bool) and candidate != image_token_id:
+            is_int = isinstance(candidate, numbers.Integral) and not isinstance(candidate, bool)
+            if is_int and candidate != image_token_id:
                 return int(candidate)
         return 0 if image_token_id != 0 else 1
 
@@ -585,39 +587,15 @@ def _per_unit_bounds(kwargs: dict, n: int) -> dict:
     return {**kwargs, "max_tokens": n, "min_tokens": min(kwargs.get("min_tokens", 1), n)}
 
 
-def _ragged_in_one_call(device: torch.device, kwargs: dict, dim: int) -> bool:
-    """Whether the backend adaptive_prune would pick for these units also takes ragged input."""
-    backend = kwargs.get("backend", "auto")
-    if backend == "auto":
-        backend = os.environ.get(_BACKEND_ENV) or "auto"
-    sketch = min(kwargs.get("sketch_size", _PRUNE_DEFAULTS["sketch_size"]), dim)
-    ragged = available_backends(device, ragged=True, sketch_size=sketch)
-    if backend != "auto":
-        return backend in ragged
-    dense = available_backends(device, sketch_size=sketch)
-    return bool(dense) and dense[0] in ragged
-
-
 def _prune_units(units: list[torch.Tensor], kwargs: dict) -> tuple[list[torch.Tensor], tuple[PruneResult, ...]]:
-    """The kept row indices of every unit (ascending), from as few adaptive_prune calls as possible."""
-    sizes = [int(u.shape[0]) for u in units]
-    if len(set(sizes)) == 1:
-        result = adaptive_prune(torch.stack(units), **_per_unit_bounds(kwargs, sizes[0]))
-        return _indices(result, range(len(units))), (result,)
-    if kwargs.get("total_budget") is not None or _ragged_in_one_call(units[0].device, kwargs, units[0].shape[1]):
+    """The kept row indices of every unit (ascending), from one adaptive_prune call: batched when the
+    units have one N, else ragged (a list of [N_u, D] matrices)."""
+    sizes = {int(u.shape[0]) for u in units}
+    if len(sizes) == 1:
+        result = adaptive_prune(torch.stack(units), **_per_unit_bounds(kwargs, sizes.pop()))
+    else:
         result = adaptive_prune(list(units), **kwargs)
-        return _indices(result, range(len(units))), (result,)
-    groups: dict[int, list[int]] = {}
-    for u, n in enumerate(sizes):
-        groups.setdefault(n, []).append(u)
-    kept: list = [None] * len(units)
-    results = []
-    for n, members in groups.items():
-        result = adaptive_prune(torch.stack([units[u] for u in members]), **_per_unit_bounds(kwargs, n))
-        results.append(result)
-        for u, idx in zip(members, _indices(result, range(len(members)))):
-            kept[u] = idx
-    return kept, tuple(results)
+    return _indices(result, range(len(units))), (result,)
 
 
 def _indices(result: PruneResult, rows) -> list[torch.Tensor]:

@@ -103,6 +103,7 @@ class PromptEdit:
     inputs:             the call's other keyword arguments, the image encoder's inputs included
                         (``image_grid_thw``, ``mm_token_type_ids``, ...).
     for_generate:       True when the pruned call goes to ``generate`` (else to ``forward``).
+    padding_side:       "left" or "right", where the new padding went.
     """
 
     input_ids: torch.Tensor
@@ -113,6 +114,7 @@ class PromptEdit:
     repack: Callable[[torch.Tensor, int], torch.Tensor]
     inputs: dict
     for_generate: bool
+    padding_side: str
 
 
 def _describe(value) -> str:
