@@ -249,7 +249,7 @@ def test_disable_restores_the_model(model):
         ({"backend": "no-such-backend"}, "backend"),
         ({"padding_side": "middle"}, "padding_side"),
         ({"processor": object()}, "processor"),
-        ({"total_budget": 8}, "total_budget"),
+        ({"total_budget": 0}, "total_budget"),
         ({"cu_seqlens": torch.tensor([0, N])}, "cu_seqlens"),
     ],
 )

@@ -1,9 +1,14 @@
 """Adapters that plug :func:`eadaprune_kernels.adaptive_prune` into model libraries.
 
-* :mod:`eadaprune_kernels.integrations.llava`: Hugging Face transformers LLaVA / LLaVA-NeXT
-  (``pip install "eadaprune_kernels[hf]"``). transformers is imported only when a model is enabled.
+* Hugging Face transformers vision-language models (``pip install "eadaprune_kernels[hf]"``):
+  :func:`enable_token_pruning` for the classes of :data:`SUPPORTED_MODELS` (LLaVA, LLaVA-NeXT,
+  LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, PaliGemma, InternVL, Idefics3, SmolVLM).
+  The core is :mod:`.adapter`; each family is a small spec (:mod:`.spec`, :mod:`.families`).
+  transformers is imported only when a model is enabled.
 """
 
-from .llava import PrunedInputs, TokenPruningHandle, enable_token_pruning
+from .adapter import MIN_TRANSFORMERS, PrunedInputs, TokenPruningHandle, enable_token_pruning
+from .families import FAMILIES, SUPPORTED_MODELS
 
-__all__ = ["enable_token_pruning", "TokenPruningHandle", "PrunedInputs"]
+__all__ = ["enable_token_pruning", "TokenPruningHandle", "PrunedInputs", "SUPPORTED_MODELS", "FAMILIES",
+           "MIN_TRANSFORMERS"]
