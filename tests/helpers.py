@@ -305,7 +305,41 @@ def backend_params(include_reference: bool = False):
     return params
 
 
+# ---- model adapters ------------------------------------------------------------------------------
+
+
+def pad_token_rows(rows, side: str, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists padded to one batch on ``side`` ("left" or "right"): (input_ids [B, L],
+    attention_mask [B, L])."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for b, row in enumerate(rows):
+        cols = slice(length - len(row), length) if side == "left" else slice(0, len(row))
+        ids[b, cols] = torch.tensor(row)
+        mask[b, cols] = 1
+    return ids, mask
+
+
 # ---- ragged --------------------------------------------------------------------------------------
+
+
+def check_ragged_padding(result, images, max_tokens: int, poison: int) -> None:
+    """The padding checker of a ragged PruneResult: nothing left unwritten (no NaN, no ``poison``
+    integer), mask, -1 / zero padding, every image's length within min(M, N_i), indices within the
+    image, the kept rows equal to the image's rows."""
+    sizes = torch.tensor([x.shape[0] for x in images])
+    r = _on_cpu(result)
+    assert not bool(r.tokens.isnan().any()) and not bool(r.singular_values.isnan().any())
+    assert not bool(r.total_energy.isnan().any())
+    assert not bool((r.indices == poison).any()) and not bool((r.lengths == poison).any())
+    slots = torch.arange(max_tokens)
+    assert torch.equal(r.mask, slots[None, :] < r.lengths[:, None].to(torch.int64))
+    assert bool((r.indices[~r.mask] == -1).all()) and bool((r.tokens[~r.mask] == 0).all())
+    assert bool((r.lengths <= sizes.clamp(max=max_tokens)).all()) and bool((r.indices < sizes[:, None]).all())
+    for b, x in enumerate(images):
+        k = int(r.lengths[b])
+        assert torch.equal(r.tokens[b, :k], x.cpu()[r.indices[b, :k]])
 
 
 def ragged_alone_kwargs(n, d, kwargs):

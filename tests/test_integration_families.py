@@ -30,6 +30,8 @@ from eadaprune_kernels import adaptive_prune  # noqa: E402
 from eadaprune_kernels.integrations import enable_token_pruning  # noqa: E402
 from eadaprune_kernels.integrations.families import find_family  # noqa: E402
 
+from helpers import pad_token_rows  # noqa: E402
+
 IMG, PAD, BOS, EOS = 100, 0, 1, 2
 # separator tokens of the prompts (vision start/end, begin/end of image, tile labels)
 START, END, ROW_1_COL_1, ROW_1_COL_2, GLOBAL, NEWLINE = 102, 103, 104, 105, 106, 107
@@ -283,14 +285,7 @@ def attention(model, implementation):
 
 def _batch(case, prompts, side, which=(0, 1)):
     """The model inputs of ``prompts[which]`` padded on ``side``."""
-    rows = [prompts[i].tokens for i in which]
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for b, row in enumerate(rows):
-        cols = slice(length - len(row), length) if side == "left" else slice(0, len(row))
-        ids[b, cols] = torch.tensor(row)
-        mask[b, cols] = 1
+    ids, mask = pad_token_rows([prompts[i].tokens for i in which], side, PAD)
     return {"input_ids": ids, "attention_mask": mask, **case.types(ids),
             **case.collate([prompts[i].images for i in which])}
 

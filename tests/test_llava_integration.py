@@ -17,6 +17,8 @@ transformers = pytest.importorskip("transformers", minversion="5.18")
 from eadaprune_kernels import adaptive_prune  # noqa: E402
 from eadaprune_kernels.integrations import enable_token_pruning  # noqa: E402
 
+from helpers import pad_token_rows  # noqa: E402
+
 IMAGE_TOKEN = 100
 PAD = 0
 N = 16  # (28 / 7) ** 2 patch tokens, CLS dropped ("default" strategy)
@@ -65,14 +67,7 @@ def _images():
 
 def _batch(rows, side):
     """Pads token lists to a batch on ``side``: (input_ids [B, L], attention_mask [B, L])."""
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for b, row in enumerate(rows):
-        cols = slice(length - len(row), length) if side == "left" else slice(0, len(row))
-        ids[b, cols] = torch.tensor(row)
-        mask[b, cols] = 1
-    return ids, mask
+    return pad_token_rows(rows, side, PAD)
 
 
 IMG = [IMAGE_TOKEN] * N

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "numerics.h"
 #include "pipeline.h"
 
 namespace eadaprune {
@@ -100,6 +101,15 @@ inline void check_request(const Request& r, c10::DeviceType device_type) {
                       ",) (one per image), got ", describe(b));
     check_same_device("budgets", b, x);
   }
+}
+
+// The arguments of gaussian_sketch(num_features, sketch_size, seed): the offsets j * D + i are int32.
+inline void check_sketch_size(int64_t num_features, int64_t sketch_size) {
+  TORCH_CHECK_VALUE(num_features >= 1, "num_features: expected a positive int, got ", num_features);
+  TORCH_CHECK_VALUE(sketch_size >= 1, "sketch_size: expected a positive int, got ", sketch_size);
+  TORCH_CHECK_VALUE(num_features <= kMaxSketchElements / sketch_size,
+                    "num_features * sketch_size: expected at most 2**31 - 1 elements (int32 offsets), got ",
+                    num_features, " * ", sketch_size);
 }
 
 // The value rule of cu_seqlens on host integers (inputs.check_bounds_values): starts at 0, ends at T,

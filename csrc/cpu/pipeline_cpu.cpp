@@ -415,11 +415,7 @@ Fields dense(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores, 
 }  // namespace
 
 at::Tensor gaussian_sketch(int64_t num_features, int64_t sketch_size, uint64_t seed) {
-  TORCH_CHECK_VALUE(num_features >= 1, "num_features: expected a positive int, got ", num_features);
-  TORCH_CHECK_VALUE(sketch_size >= 1, "sketch_size: expected a positive int, got ", sketch_size);
-  TORCH_CHECK_VALUE(num_features <= kMaxSketchElements / sketch_size,
-                    "num_features * sketch_size: expected at most 2**31 - 1 elements (int32 offsets), got ",
-                    num_features, " * ", sketch_size);
+  check_sketch_size(num_features, sketch_size);
   return make_sketch(num_features, sketch_size, seed);
 }
 

@@ -148,32 +148,45 @@ __global__ void sketch_kernel(float* __restrict__ omega, int64_t d, int64_t l, u
 // ---------------------------------------------------------------------------------------------
 // 2. CholeskyQR factor: shifted Cholesky of the Gram (in place, upper R) and R^{-1}; one CTA/image.
 // ---------------------------------------------------------------------------------------------
+// The shift s = kCholeskyShiftRel * (l + 16) * trace(a) added to the diagonal of the l x l matrix a
+// (as csrc/cpu/small_linalg.h); returns s, or 0 (a untouched) when the trace is 0, i.e. a == 0.
+__device__ double add_cholesky_shift(double* a, int64_t l, double* scratch) {
+  double tr = 0.0;
+  for (int64_t i = threadIdx.x; i < l; i += blockDim.x) tr += a[i * l + i];
+  tr = block_reduce(tr, SumOp(), 0.0, scratch);
+  if (!(tr > 0.0)) return 0.0;
+  const double s = kCholeskyShiftRel * static_cast<double>(l + 16) * tr;
+  for (int64_t i = threadIdx.x; i < l; i += blockDim.x) a[i * l + i] += s;
+  __syncthreads();
+  return s;
+}
+
+// Step k of a right-looking Cholesky of a (row-major, in place): row k becomes row k of the upper
+// factor R (the pivot floored at s), and the trailing block is updated (only its upper triangle when
+// `upper_only`: the plain factorisation never reads below the diagonal; a pivoted one swaps columns).
+__device__ void cholesky_step(double* a, int64_t l, int64_t k, double s, bool upper_only) {
+  const double r = sqrt(fmax(a[k * l + k], s));
+  __syncthreads();
+  for (int64_t j = k + threadIdx.x; j < l; j += blockDim.x) a[k * l + j] = j == k ? r : a[k * l + j] / r;
+  __syncthreads();
+  const int64_t m = l - k - 1;
+  for (int64_t t = threadIdx.x; t < m * m; t += blockDim.x) {
+    const int64_t i = k + 1 + t / m, j = k + 1 + t % m;
+    if (!upper_only || j >= i) a[i * l + j] -= a[k * l + i] * a[k * l + j];
+  }
+  __syncthreads();
+}
+
 __global__ void cholesky_inverse_kernel(double* __restrict__ gram, double* __restrict__ inverse, int64_t l) {
   __shared__ double scratch[33];
   double* a = gram + static_cast<int64_t>(blockIdx.x) * l * l;
   double* x = inverse + static_cast<int64_t>(blockIdx.x) * l * l;
-  double tr = 0.0;
-  for (int64_t i = threadIdx.x; i < l; i += blockDim.x) tr += a[i * l + i];
-  tr = block_reduce(tr, SumOp(), 0.0, scratch);
-  if (!(tr > 0.0)) {  // Y == 0: R = I
+  const double s = add_cholesky_shift(a, l, scratch);
+  if (s == 0.0) {  // Y == 0: R = I
     for (int64_t k = threadIdx.x; k < l * l; k += blockDim.x) x[k] = (k / l == k % l) ? 1.0 : 0.0;
     return;
   }
-  const double s = kCholeskyShiftRel * static_cast<double>(l + 16) * tr;
-  for (int64_t i = threadIdx.x; i < l; i += blockDim.x) a[i * l + i] += s;
-  __syncthreads();
-  for (int64_t k = 0; k < l; ++k) {
-    const double r = sqrt(fmax(a[k * l + k], s));
-    __syncthreads();
-    for (int64_t j = k + threadIdx.x; j < l; j += blockDim.x) a[k * l + j] = j == k ? r : a[k * l + j] / r;
-    __syncthreads();
-    const int64_t m = l - k - 1;
-    for (int64_t t = threadIdx.x; t < m * m; t += blockDim.x) {
-      const int64_t i = k + 1 + t / m, j = k + 1 + t % m;
-      if (j >= i) a[i * l + j] -= a[k * l + i] * a[k * l + j];
-    }
-    __syncthreads();
-  }
+  for (int64_t k = 0; k < l; ++k) cholesky_step(a, l, k, s, /*upper_only=*/true);
   // x = R^{-1}, one column per thread (back substitution on R x_j = e_j).
   for (int64_t j = threadIdx.x; j < l; j += blockDim.x) {
     for (int64_t i = l - 1; i > j; --i) x[i * l + j] = 0.0;
@@ -206,20 +219,14 @@ __global__ void gram_eigh_kernel(double* __restrict__ gram, int64_t l, int64_t* 
   double* lam = lambda + b * l;
   double* vec = vectors == nullptr ? nullptr : vectors + b * l * l;
 
-  double tr = 0.0;
-  for (int64_t i = threadIdx.x; i < l; i += blockDim.x) tr += a[i * l + i];
-  tr = block_reduce(tr, SumOp(), 0.0, scratch);
-  if (!(tr > 0.0)) {
+  const double s = add_cholesky_shift(a, l, scratch);
+  if (s == 0.0) {
     for (int64_t j = threadIdx.x; j < l; j += blockDim.x) lam[j] = 0.0;
     if (vec != nullptr)
       for (int64_t k = threadIdx.x; k < l * l; k += blockDim.x) vec[k] = (k / l == k % l) ? 1.0 : 0.0;
     return;
   }
-  const double s = kCholeskyShiftRel * static_cast<double>(l + 16) * tr;
-  for (int64_t i = threadIdx.x; i < l; i += blockDim.x) {
-    a[i * l + i] += s;
-    perm[i] = i;
-  }
+  for (int64_t i = threadIdx.x; i < l; i += blockDim.x) perm[i] = i;
   __syncthreads();
   for (int64_t k = 0; k < l; ++k) {
     if (threadIdx.x == 0) {
@@ -249,16 +256,7 @@ __global__ void gram_eigh_kernel(double* __restrict__ gram, int64_t l, int64_t* 
       }
       __syncthreads();
     }
-    const double r = sqrt(fmax(a[k * l + k], s));
-    __syncthreads();
-    for (int64_t j = k + threadIdx.x; j < l; j += blockDim.x) a[k * l + j] = j == k ? r : a[k * l + j] / r;
-    __syncthreads();
-    const int64_t m = l - k - 1;
-    for (int64_t t = threadIdx.x; t < m * m; t += blockDim.x) {
-      const int64_t i = k + 1 + t / m, j = k + 1 + t % m;
-      a[i * l + j] -= a[k * l + i] * a[k * l + j];
-    }
-    __syncthreads();
+    cholesky_step(a, l, k, s, /*upper_only=*/false);
   }
   for (int64_t t = threadIdx.x; t < l * l; t += blockDim.x)
     if (t % l < t / l) a[t] = 0.0;
@@ -599,11 +597,7 @@ Fields dense(const at::Tensor& tokens, const c10::optional<at::Tensor>& scores, 
 }  // namespace
 
 at::Tensor gaussian_sketch(int64_t num_features, int64_t sketch_size, uint64_t seed) {
-  TORCH_CHECK_VALUE(num_features >= 1, "num_features: expected a positive int, got ", num_features);
-  TORCH_CHECK_VALUE(sketch_size >= 1, "sketch_size: expected a positive int, got ", sketch_size);
-  TORCH_CHECK_VALUE(num_features <= kMaxSketchElements / sketch_size,
-                    "num_features * sketch_size: expected at most 2**31 - 1 elements (int32 offsets), got ",
-                    num_features, " * ", sketch_size);
+  check_sketch_size(num_features, sketch_size);
   const auto options = at::TensorOptions().device(at::kCUDA, c10::cuda::current_device());
   return make_sketch(num_features, sketch_size, seed, options);
 }

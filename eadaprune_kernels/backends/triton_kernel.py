@@ -381,6 +381,21 @@ def _jacobi_eigh(H, LP: tl.constexpr, MAX_SWEEPS: tl.constexpr):
     return V
 
 
+@triton.jit
+def _selection_scores(sc_img, scn, lev_img, o, m, flat, bad, HAS_SCORES: tl.constexpr, SC_F64: tl.constexpr):
+    """The selection score of tokens ``o``: the given scores (fp64 kept as fp64) or the leverage (0 for
+    a flat image); 0 for a non-finite image (its first tokens are kept), NaN ranked last."""
+    if HAS_SCORES:
+        s = tl.load(sc_img + o * scn, mask=m, other=0.0)
+        if not SC_F64:
+            s = s.to(tl.float32)
+    else:
+        s = tl.load(lev_img + o, mask=m, other=0.0)
+        s = tl.where(flat, 0.0, s)
+    s = tl.where(bad, 0.0, s)
+    return tl.where(s == s, s, float("-inf"))
+
+
 @triton.heuristics({
     "HAS_SKETCH": lambda a: a["OM"] is not a["WWS"],
     "HAS_SCORES": lambda a: a["SC"] is not None,
@@ -436,8 +451,7 @@ def _eadaprune_kernel(
         x_img = X + start * sxn
         q_img = QWS + start * LP
         lev_img = LEVWS + start
-        if HAS_SCORES:
-            sc_img = SC + start * scn
+        sc_img = SC + start * scn if HAS_SCORES else SC
         l_img = tl.minimum(L, n_img)
         m_img = tl.minimum(M, n_img)
     else:
@@ -445,8 +459,7 @@ def _eadaprune_kernel(
         x_img = X + i_b * sxb
         q_img = QWS + i_b * N * LP
         lev_img = LEVWS + i_b * N
-        if HAS_SCORES:
-            sc_img = SC + i_b * scb
+        sc_img = SC + i_b * scb if HAS_SCORES else SC
         l_img = L
         m_img = M
     min_img = tl.minimum(MIN_TOKENS, m_img)
@@ -603,28 +616,12 @@ def _eadaprune_kernel(
         for i0 in range(0, n_img, BS):
             o_i = i0 + o_s
             m_i = o_i < n_img
-            if HAS_SCORES:
-                s_i = tl.load(sc_img + o_i * scn, mask=m_i, other=0.0)
-                if not SC_F64:
-                    s_i = s_i.to(tl.float32)
-            else:
-                s_i = tl.load(lev_img + o_i, mask=m_i, other=0.0)
-                s_i = tl.where(flat, 0.0, s_i)
-            s_i = tl.where(bad, 0.0, s_i)
-            s_i = tl.where(s_i == s_i, s_i, float("-inf"))
+            s_i = _selection_scores(sc_img, scn, lev_img, o_i, m_i, flat, bad, HAS_SCORES, SC_F64)
             rank_i = tl.zeros([BS], dtype=tl.int32)
             for j0 in range(0, n_img, BS):
                 o_j = j0 + o_s
                 m_j = o_j < n_img
-                if HAS_SCORES:
-                    s_j = tl.load(sc_img + o_j * scn, mask=m_j, other=0.0)
-                    if not SC_F64:
-                        s_j = s_j.to(tl.float32)
-                else:
-                    s_j = tl.load(lev_img + o_j, mask=m_j, other=0.0)
-                    s_j = tl.where(flat, 0.0, s_j)
-                s_j = tl.where(bad, 0.0, s_j)
-                s_j = tl.where(s_j == s_j, s_j, float("-inf"))
+                s_j = _selection_scores(sc_img, scn, lev_img, o_j, m_j, flat, bad, HAS_SCORES, SC_F64)
                 wins = (s_j[None, :] > s_i[:, None]) | ((s_j[None, :] == s_i[:, None]) & (o_j[None, :] < o_i[:, None]))
                 rank_i += tl.sum((wins & m_j[None, :]).to(tl.int32), 1)
             kept = (rank_i < budget) & m_i
