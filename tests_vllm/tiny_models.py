@@ -3,13 +3,13 @@
 Each checkpoint is a complete model directory as vLLM and transformers read it: config, weights
 (safetensors), a word-level tokenizer built with `tokenizers` (no download), the image processor and
 the processor with a chat template. The models are small enough for vLLM's CPU build to start in
-seconds and large enough for vLLM's CPU kernels (LM head size 64):
+seconds and large enough for vLLM's CPU attention kernels (head size 64):
 
 * vision: a 2-layer CLIP tower on 28 x 28 images with 7-pixel patches, so one view gives 16 patch
   tokens (plus CLS, dropped by the "default" feature selection). Its position embeddings are zeroed:
   an image made of a few flat regions then gives a feature matrix with that few distinct rows (a low
   budget) and a noise image a high one, so batches get very different budgets.
-* language model: a 2-layer Llama of width 128 over a 64-word vocabulary.
+* language model: a 2-layer Llama of width 128 over a vocabulary of 64 ids.
 * LLaVA-NeXT: the same tower, pinpoints 28 x 56, 56 x 28 and 56 x 56 (up to four 28 px tiles
   besides the base view, then unpadded and closed by an image_newline row per feature row).
 
@@ -19,7 +19,6 @@ The weights are saved with the vision tower under ``vision_tower.vision_model.*`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ WORDS = [
     "here", "there", ":",
 ]
 SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_TOKEN]
-VOCAB_SIZE = 64  # len(SPECIALS) + len(WORDS) = 55 ids in use; the rest are never produced by the tokenizer
+VOCAB_SIZE = 64  # the tokenizer uses the first len(SPECIALS) + len(WORDS) ids; the model may generate the rest
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}:"
     "{% if message['content'] is string %} {{ message['content'] }}"
@@ -149,10 +148,6 @@ def write_non_llava_checkpoint(directory: Path) -> Path:
     config = _configs(next_model=False).text_config
     transformers.LlamaForCausalLM(config).save_pretrained(directory)
     return directory
-
-
-def read_config(directory: Path) -> dict:
-    return json.loads((Path(directory) / "config.json").read_text())
 
 
 def images(seed: int = 0) -> dict[str, Image.Image]:
