@@ -172,3 +172,52 @@ def images(seed: int = 0) -> dict[str, Image.Image]:
         "wide": picture(rng.integers(0, 256, (40, 56, 3))),
         "tall": picture(rng.integers(0, 256, (56, 40, 3))),
     }
+
+
+QWEN2_VL_SPECIALS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+QWEN2_VL_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def write_qwen2_vl_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """A tiny random Qwen2-VL (an M-RoPE model): 1-layer vision tower (14-pixel patches, 2 x 2 merge,
+    output width 128), a 2-layer language model of width 128 with rotary sections [8, 12, 12]."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    vocab = {token: i for i, token in enumerate(SPECIALS + QWEN2_VL_SPECIALS + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(":", behavior="isolated")]
+    )
+    backend.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>",
+        },
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN2_VL_SPECIALS})
+    torch.manual_seed(seed)
+    config = transformers.Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=VOCAB_SIZE, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 10000.0},
+            bos_token_id=2, eos_token_id=3, pad_token_id=1,
+        ),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=128, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+    )
+    transformers.Qwen2VLForConditionalGeneration(config).eval().save_pretrained(directory)
+    pixels = dict(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2)
+    transformers.Qwen2VLProcessor(
+        image_processor=transformers.Qwen2VLImageProcessor(**pixels),
+        video_processor=transformers.Qwen2VLVideoProcessor(**pixels),
+        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+    ).save_pretrained(directory)
+    return directory
