@@ -7,8 +7,9 @@
 >>> outs = llm.generate(enc.requests(prompts, images), sampling_params)
 >>> enc.chat_message("What is shown?", [image])  # an OpenAI chat message with image_embeds parts
 
-* :mod:`.encoder`: :class:`PrunedImageEncoder` (the checkpoint's image encoder, loaded without its
-  language model, plus ``adaptive_prune``) and :func:`image_embeds_part`.
+* :mod:`.encoder`: :class:`PrunedImageEncoder` (the checkpoint's image encoder plus
+  ``adaptive_prune``, and the vLLM request / chat-message builders) and :func:`image_embeds_part`.
+* :mod:`.checkpoint`: loads only the image side of the checkpoint (no language model).
 * :mod:`.plugin`: the ``vllm.general_plugins`` entry point that lets one ``generate`` call carry
   LLaVA / LLaVA-NeXT embeddings of different lengths (registered by installing this package).
 
