@@ -220,7 +220,7 @@ def test_images_that_do_not_match_the_placeholders_are_refused(encoder, pictures
         image_embeds_part(torch.zeros(4))
 
 
-def test_an_engine_without_enable_mm_embeds_is_refused(checkpoints, encoder, kind, pictures):
+def test_check_engine_reads_the_engines_own_model_config(checkpoints, encoder, kind, pictures):
     """check_engine (and requests(llm=...)) read vLLM's own model config of the engine."""
     from types import SimpleNamespace
 
