@@ -119,7 +119,12 @@ setup(
     packages=find_packages(include=["eadaprune_kernels", "eadaprune_kernels.*"]),
     install_requires=["torch>=2.4"],
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["eadaprune=eadaprune_kernels.cli:main"]},
+    entry_points={
+        "console_scripts": ["eadaprune=eadaprune_kernels.cli:main"],
+        # vLLM loads these in each of its processes: one generate call may then carry LLaVA /
+        # LLaVA-NeXT image embeddings of different lengths (eadaprune_kernels/integrations/vllm/plugin.py).
+        "vllm.general_plugins": ["eadaprune_ragged_image_embeds = eadaprune_kernels.integrations.vllm.plugin:register"],
+    },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
