@@ -348,3 +348,21 @@ def test_cpp_boundary_device_and_max_tokens_not_bounded_by_any_image():
     ref = ek.adaptive_prune(X, cu_seqlens=CU, sketch_size=100, max_tokens=9, energy=0.9, power_iters=1,
                             backend="reference")
     assert torch.equal(lengths, ref.lengths)
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_ragged_call_under_inference_mode_on_several_threads(mode):
+    """Runs spread over worker threads run in the caller's grad / inference mode: under
+    torch.inference_mode() the outputs are inference tensors, which a worker outside that mode cannot
+    write ("Inplace update to inference tensor outside InferenceMode", seen from the vLLM encoder)."""
+    sizes = [36, 70, 72, 5, 9]  # runs small enough to be spread over the pool
+    images = ragged_images(sizes, 128, seed=23)
+    context = torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with context:
+            got = ek.adaptive_prune(images, backend="cpu", sketch_size=16)
+    finally:
+        torch.set_num_threads(previous)
+    assert_ragged_equals_alone(got, images, None, dict(sketch_size=16), "cpu", exact=False)

@@ -27,6 +27,7 @@
 // the others are spread over the threads, largest first (run_segments).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
@@ -430,9 +431,13 @@ Fields run(const Request& r) {
   const std::vector<int64_t> bounds = image_bounds(*r.cu_seqlens, r.tokens.size(0));
   const int64_t d = r.tokens.size(1);
   const at::Tensor omega = r.sketch.has_value() ? *r.sketch : make_sketch(d, r.cfg.sketch_size, r.cfg.seed);
+  // Grad mode, inference mode and the rest of the thread-local state go with each run to the worker
+  // threads: the outputs made here are inference tensors under torch.inference_mode(), and a worker
+  // outside that mode could not copy into them.
+  const at::ThreadLocalState caller_state;
   const auto schedule = [&](const std::vector<ragged::Segment>& segments, const ragged::SegmentTask& task) {
     run_segments(segments, d, r.cfg.sketch_size, [&](const ragged::Segment& s) {
-      c10::NoGradGuard no_grad_in_worker;  // grad mode is thread-local
+      const at::ThreadLocalStateGuard same_state_as_the_caller(caller_state);
       task(s);
     });
   };
