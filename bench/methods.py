@@ -6,7 +6,8 @@ cumsum(sigma^2)_k >= (energy - ENERGY_SLACK) * ||X_c||_F^2, saturated -> max_tok
 * ``eadaprune[<backend>].spectral_budget`` / ``.adaptive_prune``: the project, one entry per backend
   that :func:`eadaprune_kernels.available_backends` lists at run time (none is hard-coded).
 * ``torch.linalg.svdvals``: exact singular values of X_c (float32).
-* ``torch.linalg.eigvalsh(XXt)``: exact, through the N x N Gram X_c X_c^T (float32).
+* ``torch.linalg.eigvalsh(Gram)``: exact, through the smaller Gram matrix: X_c X_c^T (N x N) when
+  N <= D, else X_c^T X_c (D x D) (float32); both have the squared singular values of X_c.
 * ``torch.svd_lowrank``: q=sketch_size, niter=power_iters on X_c (float32), what a user writes by hand.
 * ``sklearn.randomized_svd`` (CPU only): one image at a time, n_components=sketch_size,
   n_oversamples=0, n_iter=power_iters, power_iteration_normalizer="QR" (same sketch width and
@@ -70,7 +71,8 @@ def _svdvals(tokens, sketch_size, power_iters, energy, max_tokens):
 
 def _eigvalsh_gram(tokens, sketch_size, power_iters, energy, max_tokens):
     xc = _centred_float(tokens)
-    eig = torch.linalg.eigvalsh(xc @ xc.mT).flip(1).clamp_min(0)
+    gram = xc @ xc.mT if xc.shape[1] <= xc.shape[2] else xc.mT @ xc  # the smaller of N x N and D x D
+    eig = torch.linalg.eigvalsh(gram).flip(1).clamp_min(0)
     return energy_budget(eig.sqrt(), xc.square().sum((1, 2)), energy, max_tokens)
 
 
@@ -127,7 +129,7 @@ def baseline_methods(device: torch.device | str) -> list[Method]:
     everywhere = frozenset({"cpu", "cuda"})
     methods = [
         Method("torch.linalg.svdvals", _svdvals, False, everywhere),
-        Method("torch.linalg.eigvalsh(XXt)", _eigvalsh_gram, False, everywhere),
+        Method("torch.linalg.eigvalsh(Gram)", _eigvalsh_gram, False, everywhere),
         Method(LOWRANK, _svd_lowrank, True, everywhere),
     ]
     if _sklearn_available():
