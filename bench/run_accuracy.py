@@ -1,8 +1,12 @@
 """Budget accuracy of the sketched spectrum against exact SVD (``exact_budget``).
 
-    python -m bench.run_accuracy              # default run (~4 min on the 2-core CPU)
-    python -m bench.run_accuracy --long       # 32 matrices per family, sketch seeds 0-3 (~1 h on CPU)
-    python bench/run_accuracy.py --help
+    eadaprune bench --accuracy                # the default run (2-core CPU: ~6 min)
+    eadaprune bench --accuracy -- --long      # 32 matrices per family, sketch seeds 0-3 (not timed yet)
+    eadaprune bench --accuracy -- --help      # every flag
+    python -m bench.run_accuracy [flags]      # the same script, from the repository root
+
+The real-image data set needs scikit-image (the 'demo' extra): pip install --no-build-isolation -e
+".[bench,demo]", or leave it out with --families. It is checked before anything is computed.
 
 For each data set, sketch_size l in {32, 64, 128, 256}, power_iters q in {0, 1, 2} and energy in
 {0.9, 0.95, 0.99} it compares per-image budgets with the exact-SVD budget of the same tokens:
@@ -31,10 +35,12 @@ if str(ROOT) not in sys.path:  # `python bench/run_accuracy.py` from a checkout
 import torch  # noqa: E402
 
 from bench.methods import energy_budget  # noqa: E402
+from bench.run_speed import missing_packages, recorded_command  # noqa: E402
 from bench.timing import load_average, machine_header, today  # noqa: E402
 from eadaprune_kernels import available_backends, exact_budget, spectral_budget  # noqa: E402
 from eadaprune_kernels.images import SAMPLE_IMAGES, patch_tokens, sample_images  # noqa: E402
 
+PROG = "python -m bench.run_accuracy"
 SKETCH_SIZES = (32, 64, 128, 256)
 POWER_ITERS = (0, 1, 2)
 ENERGIES = (0.9, 0.95, 0.99)
@@ -174,8 +180,8 @@ def _fmt(v, digits=1):
 def report(rows, exact, datasets, methods, args, header, wall) -> str:
     out = ["# Accuracy: sketched budgets against exact SVD", ""] + header + [
         f"- load average (1/5/15 min) at end: {load_average()} (affects only the wall time)",
-        f"- wall time of this run: {wall:.0f} s; command: `python -m bench.run_accuracy "
-        + " ".join(sys.argv[1:]) + "`", ""]
+        f"- wall time of this run: {wall:.0f} s; command (from the repository root): "
+        f"`{recorded_command(PROG, args.argv)}`", ""]
     out += ["## Setup", "",
             "- Methods: " + ", ".join(f"`{m}`" for m in methods if m != "torch.svd_lowrank")
             + " (this project, `spectral_budget(..., backend=name)`; the reference computes in float64), and "
@@ -260,8 +266,11 @@ def report(rows, exact, datasets, methods, args, header, wall) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog: str = PROG) -> int:
+    """Runs the report with the command-line arguments ``argv`` (default sys.argv[1:]); ``prog`` is
+    the program name the help shows (``eadaprune bench --accuracy --`` through the console script)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--long", action="store_true", help="--count 32 --seeds 0 1 2 3")
     ap.add_argument("--count", type=int, default=8, help="matrices per synthetic family")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="sketch seeds")
@@ -277,6 +286,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", help="output file stem (default accuracy_<device>_<date>)")
     args = ap.parse_args(argv)
+    args.argv = argv
+    if "real images" in args.families:
+        missing = missing_packages({"skimage": "scikit-image (the 'real images' data set)"})
+        if missing:
+            print(f"{prog.removesuffix(' --')}: missing {', '.join(missing)}; install it with "
+                  "pip install --no-build-isolation -e \".[bench,demo]\", or choose other data sets with "
+                  "--families", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.long:

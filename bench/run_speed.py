@@ -1,8 +1,12 @@
-"""Speed of the project's backends against torch.linalg, torch.svd_lowrank and sklearn.
+"""Speed of the project's backends against torch.linalg, torch.svd_lowrank and scikit-learn.
 
-    python -m bench.run_speed                 # default subset for this device (CPU: ~5 min)
-    python -m bench.run_speed --full          # the whole grid of issue 5 (CPU: hours)
-    python bench/run_speed.py --help          # same script, every flag
+    eadaprune bench                           # the default subset for this device (2-core CPU: ~5 min when quiet)
+    eadaprune bench -- --full                 # the whole grid, the default on a GPU (2-core CPU: hours)
+    eadaprune bench -- --help                 # every flag
+    python -m bench.run_speed [flags]         # the same script, from the repository root
+
+Needs the 'bench' extra (matplotlib for the plot, scikit-learn for its randomized_svd baseline):
+pip install --no-build-isolation -e ".[bench]". They are checked before anything is timed.
 
 Writes ``bench/results/speed_<device>_<date>.md`` (header, notes, table) and ``.png`` (time per
 image against batch size, one line per method, log-log) and prints the markdown.
@@ -11,6 +15,8 @@ image against batch size, one line per method, log-log) and prints the markdown.
 from __future__ import annotations
 
 import argparse
+import importlib
+import shlex
 import sys
 import textwrap
 import time
@@ -29,6 +35,8 @@ from bench.timing import hbm_peak_bytes_per_s, load_average, machine_header, tim
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 BASE_L, BASE_Q = 128, 2  # the library defaults
+PROG = "python -m bench.run_speed"
+BENCH_EXTRA = "pip install --no-build-isolation -e \".[bench]\""
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,22 @@ class Point:
     q: int
     sketched_only: bool = False  # a sketch-size sweep point: exact methods do not depend on l, q
     max_loop_batch: int | None = None  # per-image Python loops (sklearn) only up to this batch
+
+
+def missing_packages(needed: dict[str, str]) -> list[str]:
+    """The packages of ``needed`` ({import name: "package (what for)"}) that cannot be imported."""
+    missing = []
+    for module, what in needed.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(what)
+    return missing
+
+
+def recorded_command(prog: str, argv: list[str]) -> str:
+    """The command line that reruns this benchmark from the repository root, as results files record it."""
+    return " ".join([prog] + ([shlex.join(argv)] if argv else []))
 
 
 def make_tokens(b: int, n: int, d: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -216,10 +240,14 @@ def rows_from_markdown(path: Path):
     return rows, header
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog: str = PROG) -> int:
+    """Runs the benchmark with the command-line arguments ``argv`` (default sys.argv[1:]); ``prog`` is
+    the program name the help shows (``eadaprune bench --`` when run through the console script)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--full", action="store_true", help="the whole grid of issue 5 (GPU default)")
+    ap.add_argument("--full", action="store_true",
+                    help="the whole grid: N 576/2880, D 1024/4096, B 1-256, 3 dtypes, sketch sweep (GPU default)")
     ap.add_argument("--n", type=int, nargs="+", help="override: token counts N")
     ap.add_argument("--dims", type=int, nargs="+", help="override: feature sizes D")
     ap.add_argument("--batches", type=int, nargs="+", help="override: batch sizes B")
@@ -234,9 +262,24 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice); "
                     "1 avoids OpenMP slow-downs when other jobs share the cores")
     ap.add_argument("--replot", type=Path, help="only redraw the PNG beside this results .md")
+    ap.add_argument("--no-plot", action="store_true", help="write the table only (no matplotlib needed)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", help="output file stem (default speed_<device>_<date>)")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    needed = {}
+    if args.replot or not args.no_plot:
+        needed["matplotlib"] = "matplotlib (the plot)"
+    if device.type == "cpu" and not args.replot and (
+            not args.methods or any(m in "sklearn.randomized_svd" for m in args.methods)):
+        needed["sklearn.utils.extmath"] = "scikit-learn (the sklearn.randomized_svd baseline)"
+    missing = missing_packages(needed)
+    if missing:
+        hint = "" if args.replot or needed.get("matplotlib") not in missing else \
+            " (or pass --no-plot to write the table without the plot)"
+        print(f"{prog.removesuffix(' --')}: missing {', '.join(missing)}; install the bench extra: "
+              f"{BENCH_EXTRA}{hint}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
         try:  # numpy/scipy BLAS used by sklearn: load them first, or their pools are not limited
@@ -253,14 +296,13 @@ def main(argv=None) -> int:
         plot(rows, args.replot.with_suffix(".png"), dtype, " | ".join(h.lstrip("- ") for h in header[:3] + header[4:5]))
         print(f"wrote {args.replot.with_suffix('.png')}", file=sys.stderr)
         return 0
-    device = torch.device(args.device)
     overrides = [args.n, args.dims, args.batches, args.dtypes, args.sketch_sizes, args.power_iters]
     if any(o is not None for o in overrides):
         dts = [DTYPES[d] for d in (args.dtypes or ["float32"])]
         points = [Point(n, d, b, dt, l, q)
                   for n in (args.n or [576]) for d in (args.dims or [1024]) for b in (args.batches or [8])
                   for dt in dts for l in (args.sketch_sizes or [BASE_L]) for q in (args.power_iters or [BASE_Q])]
-        notes = ["Custom grid from the command line: " + " ".join(sys.argv[1:])]
+        notes = ["Custom grid from the command line: " + shlex.join(argv)]
     else:
         points, notes = default_plan(device, args.full)
     methods = all_methods(device, prune=not args.no_prune)
@@ -275,18 +317,21 @@ def main(argv=None) -> int:
         f"- load average (1/5/15 min) at start {load_start}, at end {load_average()}"
         + (" (the CPU is shared with other jobs: CPU times are inflated when the load exceeds the "
            "core count)" if device.type == "cpu" else ""),
-        f"- wall time of this run: {time.perf_counter() - start:.0f} s; command: "
-        f"`python -m bench.run_speed {' '.join(sys.argv[1:])}`".replace(" `", " `", 1)]
+        f"- wall time of this run: {time.perf_counter() - start:.0f} s; command (from the repository "
+        f"root): `{recorded_command(PROG, argv)}`"]
     text = markdown(rows, header, notes, device, args.energy)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.tag or f"speed_{device.type}_{today()}"
     md_path, png_path = args.out_dir / f"{stem}.md", args.out_dir / f"{stem}.png"
     plot_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if plot(rows, png_path, plot_dtype, " | ".join(h.lstrip("- ") for h in header[:3] + header[4:5])):
+    plotted = not args.no_plot and plot(rows, png_path, plot_dtype,
+                                        " | ".join(h.lstrip("- ") for h in header[:3] + header[4:5]))
+    if plotted:
         text += f"\n![time per image vs batch size]({png_path.name})\n"
     md_path.write_text(text, encoding="utf-8")
     print(text)
-    print(f"wrote {md_path} and {png_path}", file=sys.stderr)
+    print(f"wrote {md_path}" + (f" and {png_path}" if plotted else " (no plot: --no-plot)" if args.no_plot
+                                else " (no plot: no fp32 batch sweep at l=128, q=2 to draw)"), file=sys.stderr)
     return 0
 
 

@@ -1,30 +1,54 @@
-"""The ``eadaprune`` console script."""
+"""The ``eadaprune`` console script: ``eadaprune demo``, ``eadaprune bench``, ``eadaprune --version``."""
 
 from __future__ import annotations
 
 import argparse
+import platform
 import sys
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the package, torch and Python versions (torch is imported only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import torch
+
+        from . import __version__
+
+        print(f"eadaprune_kernels {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        parser.exit()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="eadaprune", description="E-AdaPrune visual-token pruning kernels")
+    parser.add_argument("--version", action=_VersionAction, help="print the versions and exit")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="prune the bundled sample photographs and print each budget")
-    demo.add_argument("--energy", type=float, default=0.99, help="energy fraction tau (default 0.99)")
-    demo.add_argument("--sketch-size", type=int, default=128, help="sketch columns l (default 128)")
+    demo = commands.add_parser(
+        "demo", help="prune the bundled sample photographs and print each budget",
+        description="Prunes scikit-image's sample photographs (576 patch tokens each) and prints each "
+                    "one's budget. Needs the 'demo' extra.")
+    demo.add_argument("--energy", type=float, default=0.99, help="energy fraction in (0, 1] (default 0.99)")
+    demo.add_argument("--sketch-size", type=int, default=128,
+                      help="sketch columns l (default 128); raise it when a budget saturates")
     demo.add_argument("--power-iters", type=int, default=2, help="power iterations q (default 2)")
     demo.add_argument("--backend", default="auto", help="backend name or 'auto' (default)")
     demo.add_argument("--png", default=None, help="also write a picture of the kept patches to this PNG")
     bench = commands.add_parser(
         "bench", help="run the speed (default) or accuracy benchmark of a source checkout (bench/)",
-        description="Runs bench/run_speed.py, or bench/run_accuracy.py with --accuracy; every other "
-                    "argument is passed on (see `eadaprune bench -- --help`). Needs the source checkout "
-                    "the package was installed from (pip install -e) and the 'bench' extra.")
+        description="Runs the speed benchmark (python -m bench.run_speed), or the accuracy report "
+                    "(python -m bench.run_accuracy) with --accuracy; arguments after -- go to it "
+                    "(`eadaprune bench -- --help` and `eadaprune bench --accuracy -- --help` list them). "
+                    "Needs the source checkout the package was installed from (pip install -e) and the "
+                    "'bench' extra; it says what is missing before it starts.")
     bench.add_argument("--accuracy", action="store_true", help="run the accuracy report instead of the speed one")
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark script, after --")
     args = parser.parse_args(argv)
     if args.command == "bench":
-        return _run_bench(args.accuracy, [a for a in args.args if a != "--"])
+        passed_on = args.args[1:] if args.args[:1] == ["--"] else args.args
+        return _run_bench(args.accuracy, passed_on)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -53,9 +77,11 @@ def _run_bench(accuracy: bool, argv: list[str]) -> int:
     try:
         module = importlib.import_module("bench.run_accuracy" if accuracy else "bench.run_speed")
     except ImportError as exc:
-        print(f"eadaprune bench: {exc}; install the extra: pip install 'eadaprune_kernels[bench]'", file=sys.stderr)
+        print(f"eadaprune bench: {exc}; install the extra: pip install --no-build-isolation -e '.[bench]'",
+              file=sys.stderr)
         return 2
-    return int(module.main(argv) or 0)
+    prog = "eadaprune bench --accuracy --" if accuracy else "eadaprune bench --"
+    return int(module.main(argv, prog=prog) or 0)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 
 from .contract import FLOAT_DTYPES
 
-__all__ = ["Batch", "normalise", "check_bounds_values"]
+__all__ = ["Batch", "normalise", "check_tokens", "check_bounds_values"]
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -59,14 +59,15 @@ def normalise(tokens, scores, cu_seqlens) -> Batch:
         _check_packed(tokens, cu_seqlens)
         _check_packed_scores(scores, tokens)
         return Batch(tokens, scores, cu_seqlens)
-    _check_tokens(tokens)
+    check_tokens(tokens)
     _check_scores(scores, tokens)
     if tokens.dim() == 2:
         return Batch(tokens[None], None if scores is None else scores[None], None, single=True)
     return Batch(tokens, scores, None)
 
 
-def _check_tokens(tokens) -> None:
+def check_tokens(tokens) -> None:
+    """A dense batch [B, N, D] or one image [N, D] of a floating dtype with N, D >= 1 (metadata only)."""
     if not isinstance(tokens, torch.Tensor):
         raise TypeError(f"tokens: expected a torch.Tensor [B, N, D] or [N, D], got {type(tokens).__name__}")
     if tokens.dtype not in FLOAT_DTYPES:

@@ -9,6 +9,34 @@ import torch
 
 __all__ = ["PruneResult", "BudgetResult", "PackedTokens"]
 
+_PREVIEW = 8  # budgets shown by a result's repr before "..."
+
+
+def _shape(t: torch.Tensor) -> str:
+    """``[8, 128, 1024] float32`` (and the device when it is not the CPU)."""
+    where = "" if t.device.type == "cpu" else f" on {t.device}"
+    return f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}{where}"
+
+
+def _budget_summary(name: str, budgets: torch.Tensor, saturated: torch.Tensor) -> str:
+    """``name=[...]``: the first budgets, their mean and which images saturated, in one line.
+
+    Reads the values to the host (one synchronisation on a GPU); a meta tensor shows its shape only.
+    """
+    if budgets.device.type == "meta":
+        return f"{name} {_shape(budgets)}"
+    if budgets.dim() == 0:
+        return f"{name}={int(budgets)}, saturated={bool(saturated)}"
+    values = budgets.tolist()
+    count = len(values)
+    shown = ", ".join(str(v) for v in values[:_PREVIEW]) + (", ..." if count > _PREVIEW else "")
+    mean = f" (mean {sum(values) / count:.1f})" if count > 1 else ""
+    hit = saturated.nonzero().squeeze(1).tolist()
+    which = ""
+    if 0 < len(hit) < count:
+        which = " (images " + ", ".join(str(i) for i in hit[:_PREVIEW]) + (", ..." if len(hit) > _PREVIEW else "") + ")"
+    return f"{name}=[{shown}]{mean}, saturated {len(hit)} of {count}{which}"
+
 
 class PackedTokens(NamedTuple):
     """The kept tokens of a :class:`PruneResult` without padding (flash-attention layout).
@@ -23,8 +51,12 @@ class PackedTokens(NamedTuple):
     cu_seqlens: torch.Tensor
     indices: torch.Tensor
 
+    def __repr__(self) -> str:
+        return (f"PackedTokens(tokens {_shape(self.tokens)}, cu_seqlens {_shape(self.cu_seqlens)}, "
+                f"indices {_shape(self.indices)})")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class BudgetResult:
     """Per-image token budgets and the spectrum they came from.
 
@@ -39,6 +71,9 @@ class BudgetResult:
     A single image [N, D] gives the same fields without the leading B dimension.
     Ragged input: singular_values is [B, min(sketch_size, D)], 0 past each image's l_i, and a
     saturated image gets its own max_i = min(max_tokens, N_i).
+
+    A saturated budget is a cap, not a measurement: the image needs more than l singular values to
+    reach the energy (raise ``sketch_size``). ``repr`` shows the first budgets and counts them.
     """
 
     budgets: torch.Tensor
@@ -47,8 +82,12 @@ class BudgetResult:
     saturated: torch.Tensor
     backend: str
 
+    def __repr__(self) -> str:
+        return (f"BudgetResult(backend={self.backend!r}, {_budget_summary('budgets', self.budgets, self.saturated)}, "
+                f"singular_values {_shape(self.singular_values)})")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class PruneResult:
     """The kept tokens of every image, padded to a common length M = max_tokens.
 
@@ -69,6 +108,9 @@ class PruneResult:
     M = max_tokens if given, else min(sketch_size, D) (never data-dependent); lengths[b] <= min(M, N_i)
     and singular_values [B, min(sketch_size, D)] with the entries past l_i = min(sketch_size, N_i, D)
     equal to 0. :meth:`packed_with_indices` gives the packed layout.
+
+    ``repr`` is one line: the backend, the first budgets, the saturated images and the shapes (print
+    a field to see its values).
     """
 
     tokens: torch.Tensor
@@ -79,6 +121,10 @@ class PruneResult:
     total_energy: torch.Tensor
     saturated: torch.Tensor
     backend: str
+
+    def __repr__(self) -> str:
+        return (f"PruneResult(backend={self.backend!r}, {_budget_summary('lengths', self.lengths, self.saturated)}, "
+                f"tokens {_shape(self.tokens)}, singular_values {_shape(self.singular_values)})")
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The kept tokens without padding: (tokens [sum(lengths), D], cu_seqlens [B + 1] int32).
