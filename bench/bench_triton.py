@@ -3,7 +3,7 @@
     python bench/bench_triton.py [--batches 1 64] [--dims 1024 4096] [--out DIR]
 
 For N=576 tokens, D in ``--dims``, B in ``--batches``, bf16 and fp32, sketch_size l=128, power_iters
-q=2, energy 0.99, it times (triton.testing.do_bench: median and 20/80 % quantiles, ms per call):
+q=2, energy 0.99, it times (bench/timing.py: do_bench, median and 20/80 % quantiles, ms per call):
   * triton:      the fused Triton backend's entry point (one launch: budgets, leverage
                  selection, gather);
   * cuda:        the native CUDA backend's entry point, when the extension is built;
@@ -28,19 +28,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.timing import gpu_milliseconds, machine_header  # noqa: E402
+
 
 def _copy_bandwidth() -> float:
     """Achievable HBM bandwidth in bytes/s: device-to-device copy of 1 GiB (read + write)."""
-    from triton.testing import do_bench
-
     src = torch.empty(2**28, dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src))
-    return 2 * src.numel() * 4 / (ms * 1e-3)
-
-
-def _median(result) -> float:
-    return result[0] if isinstance(result, (list, tuple)) else result
+    return 2 * src.numel() * 4 / (gpu_milliseconds(lambda: dst.copy_(src))[0] * 1e-3)
 
 
 def main(argv=None) -> None:
@@ -52,9 +47,6 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench_triton.py needs a CUDA GPU")
 
-    import triton
-    from triton.testing import do_bench
-
     from eadaprune_kernels import backends
     from eadaprune_kernels.contract import make_config
 
@@ -65,8 +57,9 @@ def main(argv=None) -> None:
     lines = [
         f"# Triton backend benchmark, {datetime.date.today().isoformat()}",
         "",
-        f"GPU {gpu}; CUDA {torch.version.cuda}; torch {torch.__version__}; triton {triton.__version__}; "
-        f"measured copy bandwidth {bandwidth / 1e12:.2f} TB/s",
+        *machine_header(torch.device("cuda")),
+        f"- measured copy bandwidth {bandwidth / 1e12:.2f} TB/s",
+        "",
         f"N={n}, l={l}, q={q}, energy=0.99, scores=None (leverage); ms per call (median [p20, p80]); "
         "x = speed-up of triton over that column.",
         "",
@@ -83,16 +76,14 @@ def main(argv=None) -> None:
                 # the backends' entry points (the public functions add their argument checks on the host)
                 cfg = make_config(n=n, d=d, device=x.device, energy=0.99, center=True, sketch_size=l, power_iters=q,
                                   min_tokens=1, max_tokens=None, seed=0, sketch_matrix=None)
-                ms, lo, hi = do_bench(lambda: backends.run("triton", x, None, None, cfg, None, True),
-                                      quantiles=[0.5, 0.2, 0.8])
+                ms, lo, hi = gpu_milliseconds(lambda: backends.run("triton", x, None, None, cfg, None, True))
                 cuda_cell = "-"
                 if has_cuda_backend:
-                    native = _median(do_bench(lambda: backends.run("cuda", x, None, None, cfg, None, True),
-                                              quantiles=[0.5]))
+                    native = gpu_milliseconds(lambda: backends.run("cuda", x, None, None, cfg, None, True))[0]
                     cuda_cell = f"{native:.3f} ({native / ms:.1f}x)"
                 xc = x.float() - x.float().mean(1, keepdim=True)
-                lowrank = _median(do_bench(lambda: torch.svd_lowrank(xc, q=l, niter=q), quantiles=[0.5]))
-                exact = _median(do_bench(lambda: torch.linalg.svdvals(xc), quantiles=[0.5]))
+                lowrank = gpu_milliseconds(lambda: torch.svd_lowrank(xc, q=l, niter=q))[0]
+                exact = gpu_milliseconds(lambda: torch.linalg.svdvals(xc))[0]
                 size = x.numel() * x.element_size()
                 floor, kernel = (2 * q + 2) * size, (2 * q + 5) * size
                 pct = 100 * floor / bandwidth / (ms * 1e-3)

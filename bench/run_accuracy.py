@@ -24,6 +24,7 @@ is never clamped. Writes ``bench/results/accuracy_<device>_<date>.md`` and print
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -324,4 +325,5 @@ def main(argv=None, prog: str = PROG) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `eadaprune bench` runs this module in a child process and names itself through the environment.
+    sys.exit(main(prog=os.environ.get("EADAPRUNE_BENCH_PROG", PROG)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 import textwrap
@@ -336,4 +337,5 @@ def main(argv=None, prog: str = PROG) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `eadaprune bench` runs this module in a child process and names itself through the environment.
+    sys.exit(main(prog=os.environ.get("EADAPRUNE_BENCH_PROG", PROG)))

@@ -1,4 +1,6 @@
-"""Timing and the machine header shared by the speed runner and the pytest-benchmark suite."""
+"""The one timing harness of the benchmarks (run_speed, bench_triton, the pytest-benchmark suite's
+header): the machine header, CPU timing by repeated wall/CPU clocks, GPU timing by
+``triton.testing.do_bench`` (event timing, warm-up, L2 flush)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import time
 
 import torch
 
-__all__ = ["time_call", "machine_header", "cpu_model", "hbm_peak_bytes_per_s", "today", "load_average"]
+__all__ = ["time_call", "gpu_milliseconds", "machine_header", "cpu_model", "hbm_peak_bytes_per_s", "today",
+           "load_average"]
 
 # HBM peaks of the cards this project is lent (bytes/s).
 HBM_PEAK = {"H100": 3.35e12, "H200": 4.8e12}
@@ -70,6 +73,15 @@ def machine_header(device: torch.device) -> list[str]:
     return lines
 
 
+def gpu_milliseconds(fn, quantiles=(0.5, 0.2, 0.8)) -> list[float]:
+    """Milliseconds per call of ``fn`` on the GPU at ``quantiles`` (median, 20 %, 80 % by default):
+    ``triton.testing.do_bench`` (CUDA events; it warms up and flushes L2 between calls)."""
+    import triton.testing
+
+    result = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=list(quantiles))
+    return list(result) if isinstance(result, (list, tuple)) else [result]
+
+
 def time_call(fn, device: torch.device, repeats: int = 5, max_seconds: float = 20.0):
     """(median wall seconds per call, median process CPU seconds per call or None, timed calls).
 
@@ -79,8 +91,7 @@ def time_call(fn, device: torch.device, repeats: int = 5, max_seconds: float = 2
     threads of this process) is less sensitive than the wall time to other jobs on a shared machine.
     """
     if device.type == "cuda":
-        import triton.testing
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3, None, 0
+        return gpu_milliseconds(fn, quantiles=(0.5,))[0] / 1e3, None, 0
     start = time.perf_counter()
     fn()
     warm = time.perf_counter() - start

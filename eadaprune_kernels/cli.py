@@ -62,26 +62,22 @@ def main(argv=None) -> int:
 
 
 def _run_bench(accuracy: bool, argv: list[str]) -> int:
-    """Runs a benchmark script of the checkout this package lives in."""
-    import importlib
+    """Runs a benchmark script of the source checkout this package was installed from, in a child
+    process (the checkout's root on its PYTHONPATH; this process's sys.path is left alone)."""
+    import os
+    import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    if not (root / "bench" / "run_speed.py").is_file():
-        print(f"eadaprune bench: no bench/ folder next to the package at {root}; the benchmarks live in the "
-              "source checkout: clone it and install with `pip install --no-build-isolation -e '.[bench]'`",
-              file=sys.stderr)
+    module = "bench.run_accuracy" if accuracy else "bench.run_speed"
+    if not (root / "bench" / f"{module.split('.')[1]}.py").is_file():
+        print(f"eadaprune bench: the benchmarks live in the source checkout, and there is no bench/ folder next to "
+              f"the installed package ({root}); clone the repository and install it with "
+              "`pip install --no-build-isolation -e '.[bench]'`", file=sys.stderr)
         return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        module = importlib.import_module("bench.run_accuracy" if accuracy else "bench.run_speed")
-    except ImportError as exc:
-        print(f"eadaprune bench: {exc}; install the extra: pip install --no-build-isolation -e '.[bench]'",
-              file=sys.stderr)
-        return 2
-    prog = "eadaprune bench --accuracy --" if accuracy else "eadaprune bench --"
-    return int(module.main(argv, prog=prog) or 0)
+    env = dict(os.environ, EADAPRUNE_BENCH_PROG="eadaprune bench --accuracy --" if accuracy else "eadaprune bench --")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    return subprocess.call([sys.executable, "-m", module, *argv], env=env)
 
 
 if __name__ == "__main__":
