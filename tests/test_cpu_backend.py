@@ -346,3 +346,13 @@ def test_results_do_not_depend_on_the_float32_matmul_precision(precision):
         torch.set_float32_matmul_precision(before)
     for name in ("singular_values", "total_energy", "lengths", "indices", "tokens"):
         assert torch.equal(getattr(got, name), getattr(base, name)), name
+
+
+def test_empty_batch_through_the_extension():
+    """B = 0 called directly (the public functions return before the extension): empty fields of the
+    right shapes, as the CUDA extension (which used to launch empty grids) now does too."""
+    x = torch.zeros(0, 6, 4)
+    budgets, sigma, energy, saturated = _direct(x, sketch_size=4, max_tokens=4, select=False)
+    assert budgets.shape == (0,) and sigma.shape == (0, 4) and energy.shape == (0,) and saturated.shape == (0,)
+    kept, indices, lengths, mask, *_ = _direct(x, sketch_size=4, max_tokens=4)
+    assert kept.shape == (0, 4, 4) and indices.shape == (0, 4) and lengths.shape == (0,) and mask.shape == (0, 4)
