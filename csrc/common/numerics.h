@@ -1,7 +1,7 @@
 // The numerical constants of the pipeline that the C++ backends (CPU and CUDA) share with Python.
 //
-// kEnergySlack and kFlatRtol are part of the contract every backend computes (the Python reference
-// defines them: eadaprune_kernels/reference.py ENERGY_SLACK, FLAT_RTOL); tests/test_native_constants.py
+// kEnergySlack and kFlatRtol are part of the contract every backend computes (the Python contract
+// defines them: eadaprune_kernels/contract.py ENERGY_SLACK, FLAT_RTOL); tests/test_native_constants.py
 // reads this header and fails when a value here and its Python counterpart differ. The others are
 // shared by csrc/cpu and csrc/cuda so that both native backends run the same arithmetic.
 #pragma once
@@ -10,9 +10,9 @@
 
 namespace eadaprune {
 
-// The budget threshold is (energy - kEnergySlack) * E (reference.ENERGY_SLACK).
+// The budget threshold is (energy - kEnergySlack) * E (contract.ENERGY_SLACK).
 constexpr double kEnergySlack = 1e-5;
-// An image whose centred energy is at most kFlatRtol * ||X||_F^2 is flat (reference.FLAT_RTOL).
+// An image whose centred energy is at most kFlatRtol * ||X||_F^2 is flat (contract.FLAT_RTOL).
 constexpr double kFlatRtol = 1e-10;
 
 constexpr double kEps64 = 2.220446049250313e-16;
