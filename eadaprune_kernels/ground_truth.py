@@ -19,15 +19,26 @@ __all__ = ["exact_svdvals", "exact_budget"]
 def exact_svdvals(tokens: torch.Tensor, center: bool = True) -> torch.Tensor:
     """Ground truth: all min(N, D) singular values of X_c per image, float64, descending.
 
-    ``tokens`` is [B, N, D] (result [B, min(N, D)]) or one image [N, D] (result [min(N, D)]).
+    ``tokens`` is [B, N, D] (result [B, min(N, D)]) or one image [N, D] (result [min(N, D)]). Raises
+    ValueError naming the images that hold NaN or Inf.
     """
     check_tokens(tokens)
     if not isinstance(center, bool):
         raise TypeError(f"center: expected a bool, got {type(center).__name__} {center!r}")
     x = tokens.to(torch.float64)
+    _raise_if_nonfinite(x)
     if center:
         x = x - x.mean(-2, keepdim=True)
     return torch.linalg.svdvals(x)
+
+
+def _raise_if_nonfinite(x: torch.Tensor) -> None:
+    """ValueError naming the images of x ([B, N, D] or one image [N, D]) that hold NaN or Inf."""
+    batch = x if x.dim() == 3 else x[None]
+    bad = ~torch.isfinite(batch).flatten(1).all(1)
+    if bool(bad.any()):
+        where = "the image" if x.dim() == 2 else f"images {bad.nonzero().squeeze(1).tolist()}"
+        raise ValueError(f"tokens: expected finite values, got NaN or Inf in {where}")
 
 
 def exact_budget(
@@ -54,11 +65,7 @@ def exact_budget(
     x = tokens.to(torch.float64)
     if single:
         x = x[None]
-    bad = ~torch.isfinite(x).flatten(1).all(1)
-    if bool(bad.any()):
-        images = bad.nonzero().squeeze(1).tolist()
-        where = "the image" if single else f"images {images}"
-        raise ValueError(f"tokens: expected finite values, got NaN or Inf in {where}")
+    _raise_if_nonfinite(tokens)
     x = x / power_of_two_scale(x)[:, None, None]
     raw_energy = x.square().sum((1, 2))
     xc = x - x.mean(1, keepdim=True) if center else x

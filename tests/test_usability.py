@@ -116,6 +116,11 @@ def test_exact_functions_name_what_is_wrong():
         exact_budget(bad)
     with pytest.raises(ValueError, match=r"in the image"):
         exact_budget(bad[1])
+    bad[2, 0, 3] = float("inf")
+    with pytest.raises(ValueError, match=r"got NaN or Inf in images \[1, 2\]"):
+        exact_svdvals(bad)
+    with pytest.raises(ValueError, match=r"in the image"):
+        exact_svdvals(bad[2])
     with pytest.raises(ValueError, match=r"tokens: expected rank 3"):
         exact_svdvals(torch.ones(2, 2, 2, 2))
     with pytest.raises(TypeError, match=r"center: expected a bool"):
