@@ -29,8 +29,9 @@ EXTRAS = {
     "demo": ["scikit-image>=0.22", "pillow>=9", "numpy<2.4"],
     # The Hugging Face LLaVA / LLaVA-NeXT adapter (needs forward(mm_encoder_outputs=...), 5.18+).
     "hf": ["transformers>=5.18,<6"],
-    # Benchmarks: pytest-benchmark microbenchmarks, plots, scikit-learn's randomized_svd as a peer.
-    "bench": ["pytest-benchmark>=4", "matplotlib>=3.7", "scikit-learn>=1.3", "numpy<2.4"],
+    # Benchmarks: pytest-benchmark microbenchmarks, plots, scikit-learn's randomized_svd as a peer,
+    # scikit-image for the accuracy benchmark's real photographs.
+    "bench": ["pytest-benchmark>=4", "matplotlib>=3.7", "scikit-learn>=1.3", "scikit-image>=0.22", "numpy<2.4"],
 }
 EXTRAS["test"] = sorted(set(
     ["pytest>=8", "hypothesis>=6.100"] + EXTRAS["triton"] + EXTRAS["demo"] + EXTRAS["hf"] + EXTRAS["bench"]

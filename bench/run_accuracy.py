@@ -5,8 +5,8 @@
     eadaprune bench --accuracy -- --help      # every flag
     python -m bench.run_accuracy [flags]      # the same script, from the repository root
 
-The real-image data set needs scikit-image (the 'demo' extra): pip install --no-build-isolation -e
-".[bench,demo]", or leave it out with --families. It is checked before anything is computed.
+The real-image data set needs scikit-image (in the bench extra): pip install --no-build-isolation -e
+".[bench]", or leave it out with --families. It is checked before anything is computed.
 
 For each data set, sketch_size l in {32, 64, 128, 256}, power_iters q in {0, 1, 2} and energy in
 {0.9, 0.95, 0.99} it compares per-image budgets with the exact-SVD budget of the same tokens:
@@ -280,7 +280,9 @@ def main(argv=None, prog: str = PROG) -> int:
     ap.add_argument("--no-quadrants", dest="quadrants", action="store_false",
                     help="real images: the 11 photographs only, not also their quadrants")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES) + ["real images"],
-                    help="data sets to run (default: all)")
+                    choices=list(FAMILIES) + ["real images"], metavar="FAMILY",
+                    help="data sets to run (default: all): " + ", ".join(repr(f) for f in FAMILIES)
+                    + ", 'real images'")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice); "
                     "1 avoids OpenMP slow-downs when other jobs share the cores")
@@ -292,7 +294,7 @@ def main(argv=None, prog: str = PROG) -> int:
         missing = missing_packages({"skimage": "scikit-image (the 'real images' data set)"})
         if missing:
             print(f"{prog.removesuffix(' --')}: missing {', '.join(missing)}; install it with "
-                  "pip install --no-build-isolation -e \".[bench,demo]\", or choose other data sets with "
+                  "pip install --no-build-isolation -e \".[bench]\", or choose other data sets with "
                   "--families", file=sys.stderr)
             return 2
     if args.threads:

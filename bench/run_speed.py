@@ -308,6 +308,11 @@ def main(argv=None, prog: str = PROG) -> int:
         points, notes = default_plan(device, args.full)
     methods = all_methods(device, prune=not args.no_prune)
     if args.methods:
+        unmatched = [s for s in args.methods if not any(s in m.name for m in methods)]
+        if unmatched:
+            print(f"{prog.removesuffix(' --')}: --methods: {', '.join(map(repr, unmatched))} matches none of "
+                  f"the methods on {device.type}: {', '.join(m.name for m in methods)}", file=sys.stderr)
+            return 2
         methods = [m for m in methods if any(s in m.name for s in args.methods)]
     notes.append("Methods: " + ", ".join(m.name for m in methods) + ".")
 

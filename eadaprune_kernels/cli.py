@@ -39,13 +39,15 @@ def main(argv=None) -> int:
     bench = commands.add_parser(
         "bench", help="run the speed (default) or accuracy benchmark of a source checkout (bench/)",
         description="Runs the speed benchmark (python -m bench.run_speed), or the accuracy report "
-                    "(python -m bench.run_accuracy) with --accuracy; arguments after -- go to it "
-                    "(`eadaprune bench -- --help` and `eadaprune bench --accuracy -- --help` list them). "
+                    "(python -m bench.run_accuracy) with --accuracy; every other argument goes to it, "
+                    "with or without a -- before it (`eadaprune bench -- --help` and "
+                    "`eadaprune bench --accuracy -- --help` list them). "
                     "Needs the source checkout the package was installed from (pip install -e) and the "
                     "'bench' extra; it says what is missing before it starts.")
     bench.add_argument("--accuracy", action="store_true", help="run the accuracy report instead of the speed one")
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark script, after --")
-    args = parser.parse_args(argv)
+    bench.add_argument("args", nargs=argparse.REMAINDER,
+                       help="arguments for the benchmark script (e.g. --full), optionally after --")
+    args = parser.parse_args(_bench_arguments_after_separator(sys.argv[1:] if argv is None else list(argv)))
     if args.command == "bench":
         passed_on = args.args[1:] if args.args[:1] == ["--"] else args.args
         return _run_bench(args.accuracy, passed_on)
@@ -59,6 +61,19 @@ def main(argv=None) -> int:
             print(f"eadaprune demo: {exc}", file=sys.stderr)
             return 2
     return 0
+
+
+def _bench_arguments_after_separator(argv: list[str]) -> list[str]:
+    """``bench`` owns only --accuracy and -h/--help: move every other argument before the first -- after
+    it, so that ``eadaprune bench --full`` means ``eadaprune bench -- --full`` (argparse would reject
+    an option it does not know, and REMAINDER alone does not start at an option)."""
+    if argv[:1] != ["bench"]:
+        return argv
+    rest = argv[1:]
+    split = rest.index("--") if "--" in rest else len(rest)
+    own = [a for a in rest[:split] if a in ("--accuracy", "-h", "--help")]
+    passed_on = [a for a in rest[:split] if a not in own] + rest[split + 1:]
+    return ["bench", *own, "--", *passed_on]
 
 
 def _run_bench(accuracy: bool, argv: list[str]) -> int:

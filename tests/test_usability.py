@@ -329,7 +329,7 @@ def test_accuracy_without_scikit_image_stops_before_computing(tmp_path, monkeypa
     out_dir.mkdir()
     assert cli_main(["bench", "--accuracy", "--", "--count", "1", "--out-dir", str(out_dir)]) == 2
     err = capfd.readouterr().err
-    assert "missing scikit-image" in err and '".[bench,demo]"' in err and "--families" in err
+    assert "missing scikit-image" in err and '".[bench]"' in err and "--families" in err
     assert not any(out_dir.iterdir())
 
 
@@ -337,6 +337,17 @@ def test_bench_is_run_in_a_child_process_and_leaves_sys_path_alone(tmp_path):
     before = list(sys.path)
     assert cli_main(["bench", "--", *TINY_SPEED, "--no-plot", "--out-dir", str(tmp_path), "--tag", "t"]) == 0
     assert sys.path == before and "bench.run_speed" not in sys.modules
+
+
+def test_bench_passes_on_its_script_arguments_with_or_without_a_separator(tmp_path, capfd):
+    assert cli_main(["bench", *TINY_SPEED, "--no-plot", "--out-dir", str(tmp_path), "--tag", "t"]) == 0
+    assert "| torch.linalg.svdvals |" in (tmp_path / "t.md").read_text(encoding="utf-8")
+    assert cli_main(["bench", "--n", "24", "--methods", "svdvals", "no-such-method", "--no-plot",
+                     "--out-dir", str(tmp_path), "--tag", "u"]) == 2
+    assert "--methods: 'no-such-method' matches none of the methods on cpu" in capfd.readouterr().err
+    assert cli_main(["bench", "--accuracy", "--families", "no such family", "--out-dir", str(tmp_path)]) == 2
+    assert "argument --families: invalid choice: 'no such family'" in capfd.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.md"]
 
 
 def _recorded_command(path: Path) -> list[str]:
