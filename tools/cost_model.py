@@ -6,7 +6,8 @@ l = 128, q = 2, leverage selection) the model
 1. compiles the kernel for sm_90 exactly as tools/aot_compile_triton.py does (the launcher's
    ``kernel_settings``) and disassembles it (the wheel's nvdisasm, with source lines);
 2. finds the innermost loops of the SASS and attributes each to the kernel source by a marker
-   statement (:data:`LOOP_MARKERS`), and counts per loop iteration and per warp: instructions,
+   statement (:data:`LOOP_MARKERS`: the loops holding the most instructions of that statement), and
+   counts per loop iteration and per warp: instructions,
    shared-memory bytes, barriers, shuffles, special-function ops, tensor-core FLOPs, local-memory
    (spill) bytes and global loads;
 3. turns every count into cycles per iteration with the sm_90 rates of :data:`H200` (each one stated
@@ -110,7 +111,9 @@ class Loop:
 
 
 def parse_sass(text: str, source_file: str) -> list[Instr]:
-    """Instructions of ``nvdisasm -c -gi`` output, each with the lines of ``source_file`` it comes from:
+    """Instructions of ``nvdisasm -c -gi`` output, each with the lines of ``source_file`` (a path suffix,
+    e.g. eadaprune_kernels/backends/triton_kernel.py: triton's cache may hold a build from another
+    checkout of the same source) it comes from:
     the statement and every call site it is inlined through (nvdisasm prints the chain before each
     instruction group)."""
     instrs, labels, pending, chain, fresh = [], {}, [], [], True
@@ -131,7 +134,7 @@ def parse_sass(text: str, source_file: str) -> list[Instr]:
         fresh = True
         body = re.sub(r"^@!?U?P\w+\s+", "", m.group(2).strip())
         opcode = body.split()[0] if body else ""
-        lines = frozenset(ln for path, ln in chain if path == source_file)
+        lines = frozenset(ln for path, ln in chain if path.endswith(source_file))
         instr = Instr(int(m.group(1), 16), opcode, body, lines)
         for label in pending:
             labels[label] = instr.addr
@@ -268,9 +271,13 @@ def attribute_loops(loops: list[Loop]) -> dict[str, dict]:
     named = {}
     for name, (function, marker) in LOOP_MARKERS.items():
         lines = _marker_lines(function, marker)
-        copies = [loop for loop in loops if any(i.lines & lines for i in loop.body)]
-        if not copies:
+        hits = [sum(1 for i in loop.body if i.lines & lines) for loop in loops]
+        if not any(hits):
             raise LookupError(f"cost_model: no SASS loop holds the marker of {name!r} ({function}: {marker!r})")
+        # the loops where the marker statement is (one of) the work: at least half as many of its
+        # instructions as in the loop that has the most (the scheduler may hoist a few elsewhere)
+        best = max(hits)
+        copies = [loop for loop, h in zip(loops, hits) if 2 * h >= best]
         counts = [loop_counts(loop) for loop in copies]
         named[name] = dict(max(counts, key=lambda c: c.get("instructions", 0)), copies=len(copies))
     return named
@@ -392,7 +399,7 @@ def analyse_variant(dtype: str, lp: int) -> tuple[dict, int]:
     """(named loop counts, warps) of the compiled variant's SASS."""
     compiled, config = aot.compile_variant(dtype=dtype, lp=lp)
     text = aot.sass(compiled.asm["cubin"])
-    source = str(Path(inspect.getsourcefile(kernel_module)).resolve())
+    source = "/".join(Path(inspect.getsourcefile(kernel_module)).resolve().parts[-3:])
     return attribute_loops(innermost_loops(parse_sass(text, source))), config["num_warps"]
 
 
