@@ -1,7 +1,9 @@
-"""The fused Triton kernel compiles for sm_90 (H100/H200) and fits its shared memory, without a GPU.
+"""The fused Triton kernel compiles for sm_90 (H100/H200), and what ptxas and the cost model say about
+it, without a GPU.
 
 tools/aot_compile_triton.py lowers the kernel to PTX and runs the ptxas of the triton wheel; it runs in
 a subprocess because this test process interprets Triton kernels (TRITON_INTERPRET=1 on CPU machines).
+tools/cost_model.py turns the kernel's tiling and its SASS into a predicted time per stage.
 """
 
 from __future__ import annotations
@@ -17,18 +19,73 @@ pytest.importorskip("triton")
 
 from eadaprune_kernels.backends import triton_kernel as triton_backend  # noqa: E402
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "aot_compile_triton.py"
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+TOOL = TOOLS / "aot_compile_triton.py"
+COST_MODEL = TOOLS / "cost_model.py"
 # Dynamic shared memory one block may opt into on sm_90 (H100 and H200): 227 KB.
 SM90_MAX_SHARED = 227 * 1024
+FIELDS = ("registers", "stack", "spill_stores", "spill_loads", "shared", "num_warps", "blocks_per_sm",
+          "programs_per_image", "grid_b64", "sms_busy_b64")
 
 
-def test_kernel_compiles_for_sm90_within_shared_memory():
-    out = subprocess.run([sys.executable, str(TOOL)], capture_output=True, text=True, timeout=900)
+def _rows(*args, timeout=1800):
+    out = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=timeout)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert rows, f"no result from {TOOL.name}:\n{out.stdout}\n{out.stderr}"
+    assert rows, f"no result from {TOOL.name}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return rows
+
+
+def _tool_module():
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import aot_compile_triton
+    finally:
+        sys.path.remove(str(TOOLS))
+    return aot_compile_triton
+
+
+def test_kernel_compiles_for_sm90_within_shared_memory_and_reports_ptxas_usage():
+    rows = _rows()
     for row in rows:
         assert row["ok"], f"the kernel does not compile for sm_90 in {row}"
         assert row["shared"] <= SM90_MAX_SHARED, (
             f"{row} asks for {row['shared']} bytes of shared memory, more than sm_90's {SM90_MAX_SHARED}")
+        missing = [f for f in FIELDS if f not in row]
+        assert not missing, f"{TOOL.name} does not report {missing}: {row}"
+        assert 16 <= row["registers"] <= 255 and row["threads"] == 32 * row["num_warps"], row
+        assert row["spill_stores"] >= 0 and row["spill_loads"] >= 0 and row["stack"] >= 0, row
+        assert row["blocks_per_sm"] >= 1 and row["grid_b1"] >= 1 and row["programs_per_image"] >= 1, row
+        assert row["sms_busy_b64"] == min(132, row["grid_b64"]), row
     # the largest sketch the backend accepts is among the compiled configurations
     assert max(row["lp"] for row in rows) >= triton_backend.MAX_SKETCH_SIZE
+
+
+@pytest.mark.parametrize("registers, shared, warps, expected", [
+    (255, 32768, 4, (2, "registers")),  # 255 regs round to 256 per thread: 32K registers per block
+    (128, 180224, 16, (1, "registers")),
+    (64, 100 * 1024, 4, (2, "shared")),  # 2 x (100 KB + 1 KB reserved) of 228 KB
+    (16, 0, 4, (16, "warps")),  # 2048 threads per SM
+    (40, 0, 1, (32, "blocks")),
+    (32, 228 * 1024, 4, (0, "shared")),  # more than one block may use: cannot launch
+])
+def test_occupancy_follows_the_sm90_limits(registers, shared, warps, expected):
+    assert _tool_module().occupancy(registers, shared, warps) == expected
+
+
+def test_cost_model_attributes_every_loop_and_adds_up():
+    """tools/cost_model.py finds every loop of the model in the SASS (it fails otherwise), and its
+    totals are the sums of its stage rows."""
+    out = subprocess.run([sys.executable, str(COST_MODEL), "--json", "--d", "1024"], capture_output=True,
+                         text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    for batch in (1, 64):
+        stages = [r for r in rows if r["batch"] == batch and "stage" in r]
+        total = [r for r in rows if r["batch"] == batch and "total_us_per_call" in r]
+        assert stages and len(total) == 1
+        assert all(r["seconds"] > 0 for r in stages), [r for r in stages if r["seconds"] <= 0]
+        assert sum(r["seconds"] for r in stages) * 1e6 == pytest.approx(total[0]["total_us_per_call"], rel=1e-9)
+        assert total[0]["total_us_per_image"] == pytest.approx(total[0]["total_us_per_call"] / batch, rel=1e-9)
+        # every pass over the tokens is counted: HBM + L2 token bytes >= passes x N x D x 2 bytes (bf16)
+        moved = sum(r["hbm_bytes"] + r["l2_bytes"] for r in stages)
+        assert moved >= (2 * 2 + 2) * 576 * 1024 * 2

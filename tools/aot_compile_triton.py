@@ -1,20 +1,50 @@
-"""Compiles the fused Triton kernel ahead of time for an NVIDIA GPU, without a GPU.
+"""Compiles the fused Triton kernel ahead of time for an NVIDIA GPU, without a GPU, and reports what
+the compiled kernel asks of the hardware.
 
-Triton lowers the kernel to PTX and runs the ptxas shipped in its wheel, so whether the kernel compiles
-for sm_90 (H100/H200), and how much shared memory it asks for, can be checked on any machine. Prints
-one JSON line per configuration: the configuration, ok, the seconds it took, the shared memory in bytes
-(dynamic, per block) and the error when it failed.
+Triton lowers the kernel to PTX with the launcher's own compile-time settings
+(``triton_kernel.kernel_settings``); this tool then runs the ptxas of the triton wheel on that PTX,
+as triton does (``-lineinfo -v --regAllocOptLevel=2 --gpu-name=sm_90a``), and prints one JSON line
+per variant:
 
-    python tools/aot_compile_triton.py                       # the default configurations
-    python tools/aot_compile_triton.py --lp 256 --dtype fp32 # one configuration
+  config        dtype, lp (padded sketch width), scores (given scores, else leverage), ragged
+                (packed tokens with cu_seqlens, else dense), sketch, budgets, arch, num_warps
+  ok, error     whether it compiled, and why not
+  registers     per thread (ptxas), barriers, stack (bytes per thread), spill_stores, spill_loads
+                (bytes per thread, static counts of the spill code)
+  shared        dynamic shared memory per block in bytes (triton's metadata; ptxas reports the
+                static part, ``static_shared``, which Triton kernels do not use)
+  threads       32 * num_warps
+  blocks_per_sm how many programs of this kernel one SM holds, and which resource limits it
+                (``occupancy_limit``: registers, shared, warps or blocks)
+  grid_b64, grid_b1, programs_per_image, sms_busy_b64
+                the launcher's grid for the benchmark shape (N=576, D=1024) at B=64 and B=1
+                (``triton_kernel.launch_grid``), the programs that work on one image, and how many
+                of the 132 SMs of an H100/H200 have work at B=64 (the block scheduler fills idle SMs
+                first: min(grid, 132))
+  seconds       compile time on this machine
+
+    python tools/aot_compile_triton.py                        # the default variants (quick)
+    python tools/aot_compile_triton.py --all                  # every production variant
+    python tools/aot_compile_triton.py --dtype bf16 --lp 128 --ragged --sass k.sass
+                                                              # one variant, and its SASS with line info
+
+The limits used for blocks_per_sm are those of sm_90 (H100 and H200): 65536 registers, 2048 threads
+(64 warps) and 32 blocks per SM; registers are allocated per warp in units of 256; 228 KB of shared
+memory per SM of which one block may use 227 KB, plus 1 KB the runtime reserves per block.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import itertools
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,87 +54,197 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from eadaprune_kernels.backends import triton_kernel as triton_backend  # noqa: E402
 
-POINTERS = ("X", "CU", "SC", "OM", "QWS", "WWS", "MUWS", "LEVWS", "SIG", "ENERGY", "BUDGET", "SAT", "BIN",
-            "OTOK", "OIDX", "OMASK")
-INT32 = ("sxb", "sxn", "sxd", "scb", "scn", "som_d", "som_l", "sotb", "sotm", "sotd", "N", "D", "L", "M",
-         "POWER_ITERS", "MIN_TOKENS")
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+POINTER_TYPES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp64": "*fp64"}
+PRODUCTION_DTYPES = ("fp16", "bf16", "fp32")
+PRODUCTION_LPS = (16, 32, 64, 128, 256)
 DEFAULTS = [
     dict(dtype="bf16", lp=16, scores=True),
     dict(dtype="fp16", lp=128),
 ]
 
+# sm_90 (H100 / H200) resources per SM, from the CUDA occupancy rules.
+SM90 = dict(registers=65536, register_unit=256, max_threads=2048, max_blocks=32, shared=228 * 1024,
+            shared_per_block=227 * 1024, reserved_shared_per_block=1024, sms=132)
+# The benchmark shape the grid is reported for (LLaVA-1.5: N=576 tokens of D=1024).
+BENCH_N, BENCH_D = 576, 1024
+
+
+def production_variants(arch: int = 90) -> list[dict]:
+    """Every variant a production call can compile: fp16 / bf16 / fp32 tokens, LP 16..256, leverage or
+    given scores, dense or ragged."""
+    return [dict(dtype=dtype, lp=lp, scores=scores, ragged=ragged, arch=arch)
+            for dtype, lp, scores, ragged in itertools.product(PRODUCTION_DTYPES, PRODUCTION_LPS, (False, True),
+                                                              (False, True))]
+
+
+def _jit_function():
+    kernel = triton_backend._eadaprune_kernel
+    return getattr(kernel, "fn", kernel)  # under @triton.heuristics
+
 
 def _signature(params, dtype, lp, scores, sketch, budgets, ragged):
-    token = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp64": "*fp64"}[dtype]
-    pointers = dict(X=token, CU="*i64" if ragged else None, SC="*fp32" if scores else None, OM="*fp32",
-                    QWS="*fp32", WWS="*fp32", MUWS="*fp32", LEVWS="*fp32", SIG="*fp32", ENERGY="*fp32",
-                    BUDGET="*i32", SAT="*u8", BIN="*i32" if budgets else None, OTOK=token, OIDX="*i64",
-                    OMASK="*u8")
+    """(signature, constexprs, num_warps) of one variant, from the kernel's parameter annotations:
+    pointers are typed by what the launcher passes, ints by their use, constexprs from
+    ``kernel_settings`` (the launcher's own) and the heuristics' flags."""
+    spec = triton_backend.kernel_signature(dtype=TORCH_DTYPES[dtype], scores=scores, sketch=sketch,
+                                           budgets=budgets, ragged=ragged)
+    token = POINTER_TYPES[dtype]
     signature, constants = {}, {}
     for name in params:
-        if name in POINTERS:
-            signature[name] = pointers[name] or "constexpr"
-            if pointers[name] is None:
-                constants[name] = None
-        elif name in INT32:
-            signature[name] = "i32"
-        elif name == "SEED":
-            signature[name] = "i64"
-        elif name in ("THRESH", "FLAT_RTOL"):
-            signature[name] = "fp32"
-        else:
+        kind = spec.get(name, "constexpr")
+        if kind == "tokens":
+            kind = token
+        if kind is None:  # an absent optional pointer
             signature[name] = "constexpr"
+            constants[name] = None
+        else:
+            signature[name] = kind
     settings = triton_backend.kernel_settings(TORCH_DTYPES[dtype], lp)  # the launcher's own settings
     num_warps = settings.pop("num_warps")
-    constants.update(
-        CENTER=True, IS_F64=dtype == "fp64", SC_F64=False, SELECT=True,
-        HAS_SKETCH=sketch, HAS_SCORES=scores, HAS_BUDGETS=budgets, RAGGED=ragged, **settings,
-    )
+    flags = triton_backend.kernel_flags(dtype=TORCH_DTYPES[dtype], scores=scores, sketch=sketch, budgets=budgets,
+                                        ragged=ragged, center=True, select=True)
+    constants.update(flags, **settings)
     return signature, constants, num_warps
 
 
-def compile_config(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False, arch=90):
-    """Compiles one configuration; returns a dict with ok, seconds, shared (bytes) and error."""
-    kernel = triton_backend._eadaprune_kernel
-    jit = getattr(kernel, "fn", kernel)  # under @triton.heuristics
+def compile_variant(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False, arch=90):
+    """Compiles one variant with triton; returns (compiled kernel, config dict)."""
+    jit = _jit_function()
     params = [p.name for p in jit.params]
     signature, constants, num_warps = _signature(params, dtype, lp, scores, sketch, budgets, ragged)
     source = ASTSource(fn=jit, signature=signature,
                        constexprs={(params.index(k),): v for k, v in constants.items()})
     config = dict(dtype=dtype, lp=lp, scores=scores, sketch=sketch, budgets=budgets, ragged=ragged,
                   arch=arch, num_warps=num_warps)
-    start = time.perf_counter()
-    try:
+    # triton prints the whole PTX to stdout when ptxas fails: keep stdout for the JSON lines
+    with contextlib.redirect_stdout(io.StringIO()):
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
+    return compiled, config
+
+
+_USAGE = {
+    "registers": re.compile(r"Used (\d+) registers"),
+    "barriers": re.compile(r"used (\d+) barriers"),
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+    "static_shared": re.compile(r"(\d+) bytes smem"),
+}
+
+
+def ptxas_usage(ptx: str, arch: int = 90) -> dict:
+    """Runs the wheel's ptxas -v on ``ptx`` with triton's flags; returns registers, barriers, stack,
+    spill_stores, spill_loads and static_shared (0 when ptxas does not print the field)."""
+    ptxas = get_ptxas(arch).path
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        cmd = [ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{arch}a", str(src),
+               "-o", str(Path(tmp) / "kernel.cubin")]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    log = out.stderr + out.stdout
+    usage = {}
+    for name, pattern in _USAGE.items():
+        found = pattern.findall(log)
+        usage[name] = max(int(v) for v in found) if found else 0
+    return usage
+
+
+def occupancy(registers: int, shared: int, num_warps: int) -> tuple[int, str]:
+    """(blocks per SM, the limiting resource) of a kernel on sm_90."""
+    threads = 32 * num_warps
+    regs_per_warp = -(-max(registers, 1) * 32 // SM90["register_unit"]) * SM90["register_unit"]
+    limits = {
+        "registers": SM90["registers"] // (regs_per_warp * num_warps),
+        "shared": (SM90["shared"] // (shared + SM90["reserved_shared_per_block"])
+                   if shared <= SM90["shared_per_block"] else 0),
+        "warps": SM90["max_threads"] // threads,
+        "blocks": SM90["max_blocks"],
+    }
+    limit = min(limits, key=limits.get)
+    return limits[limit], limit
+
+
+def grid_facts(dtype: str, lp: int, blocks_per_sm: int, ragged: bool) -> dict:
+    """The launcher's grid for the benchmark shape (B=64 and B=1, N=576, D=1024) and what it keeps busy."""
+    settings = triton_backend.kernel_settings(TORCH_DTYPES[dtype], lp)
+    facts = {}
+    for batch in (64, 1):
+        grid = triton_backend.launch_grid(batch=batch, n=BENCH_N, d=BENCH_D, lp=lp, settings=settings,
+                                          ragged=ragged, sm_count=SM90["sms"], blocks_per_sm=blocks_per_sm)
+        facts[f"grid_b{batch}"] = grid[0]
+    facts["programs_per_image"] = triton_backend.programs_per_image(
+        batch=64, n=BENCH_N, d=BENCH_D, lp=lp, settings=settings, ragged=ragged, sm_count=SM90["sms"],
+        blocks_per_sm=blocks_per_sm)
+    # The block scheduler places blocks on idle SMs first: a grid of G programs keeps min(G, 132) SMs busy.
+    facts["sms_busy_b64"] = min(SM90["sms"], facts["grid_b64"])
+    return facts
+
+
+def compile_config(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False, arch=90,
+                   sass_path: str | None = None) -> dict:
+    """Compiles one variant and measures it; returns the JSON row (see the module docstring)."""
+    start = time.perf_counter()
+    config = dict(dtype=dtype, lp=lp, scores=scores, sketch=sketch, budgets=budgets, ragged=ragged, arch=arch)
+    try:
+        compiled, config = compile_variant(dtype, lp, scores, sketch, budgets, ragged, arch)
+        usage = ptxas_usage(compiled.asm["ptx"], arch)
     except Exception as exc:  # reported, not raised: the caller decides
         return dict(config, ok=False, seconds=time.perf_counter() - start, shared=None,
                     error=f"{type(exc).__name__}: {str(exc)[:2000]}")
-    return dict(config, ok=True, seconds=time.perf_counter() - start, shared=compiled.metadata.shared, error=None)
+    shared = int(compiled.metadata.shared)
+    blocks, limit = occupancy(usage["registers"], shared, config["num_warps"])
+    row = dict(config, ok=True, seconds=round(time.perf_counter() - start, 2), **usage, shared=shared,
+               threads=32 * config["num_warps"], blocks_per_sm=blocks, occupancy_limit=limit,
+               **grid_facts(dtype, lp, blocks, ragged), error=None)
+    if sass_path:
+        Path(sass_path).write_text(sass(compiled.asm["cubin"]))
+    return row
+
+
+def sass(cubin: bytes) -> str:
+    """The SASS of a cubin with source-line comments (``nvdisasm -c -gi``, the wheel's nvdisasm)."""
+    nvdisasm = Path(get_ptxas(90).path).with_name("nvdisasm")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        out = subprocess.run([str(nvdisasm), "-c", "-gi", str(path)], capture_output=True, text=True, check=True)
+    return out.stdout
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtype", choices=["fp16", "bf16", "fp32", "fp64"])
-    ap.add_argument("--lp", type=int, help="padded sketch width: 16, 32, 64, 128 or 256")
-    ap.add_argument("--scores", action="store_true")
-    ap.add_argument("--sketch", action="store_true")
-    ap.add_argument("--budgets", action="store_true")
-    ap.add_argument("--ragged", action="store_true")
+    ap.add_argument("--all", action="store_true", help="every production variant (fp16/bf16/fp32, LP 16-256, "
+                                                       "leverage and scores, dense and ragged)")
+    ap.add_argument("--dtype", choices=sorted(TORCH_DTYPES))
+    ap.add_argument("--lp", type=int, choices=PRODUCTION_LPS, help="padded sketch width")
+    ap.add_argument("--scores", action="store_true", help="given scores (default: leverage selection)")
+    ap.add_argument("--sketch", action="store_true", help="a given sketch_matrix")
+    ap.add_argument("--budgets", action="store_true", help="given budgets (total_budget)")
+    ap.add_argument("--ragged", action="store_true", help="packed tokens with cu_seqlens")
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--sass", metavar="FILE", help="write the SASS of the (single) variant to FILE")
     args = ap.parse_args(argv)
-    if args.dtype is None and args.lp is None:
-        configs = [dict(c, arch=args.arch) for c in DEFAULTS]
+    if args.all:
+        if args.sass:
+            ap.error("--sass takes one variant, not --all")
+        configs = production_variants(args.arch)
+    elif args.dtype is None and args.lp is None:
+        configs = [dict(dict(scores=False, ragged=False), **c, arch=args.arch) for c in DEFAULTS]
     else:
         configs = [dict(dtype=args.dtype or "fp16", lp=args.lp or 128, scores=args.scores, sketch=args.sketch,
                         budgets=args.budgets, ragged=args.ragged, arch=args.arch)]
+    if args.sass and len(configs) != 1:
+        ap.error("--sass takes one variant (give --dtype / --lp)")
     ok = True
     for config in configs:
-        result = compile_config(**config)
+        result = compile_config(**config, sass_path=args.sass)
         print(json.dumps(result), flush=True)
         ok &= result["ok"]
     return 0 if ok else 1

@@ -77,7 +77,8 @@ from ..contract import ENERGY_SLACK, FLAT_RTOL, PipelineConfig
 from ..results import BudgetResult, PruneResult
 from .triton_interpreter import install_bf16_dot_fix
 
-__all__ = ["NAME", "MAX_SKETCH_SIZE", "run", "kernel_settings"]
+__all__ = ["NAME", "MAX_SKETCH_SIZE", "run", "kernel_settings", "kernel_flags", "kernel_signature", "launch_grid",
+           "programs_per_image"]
 
 NAME = "triton"
 # The l x l blocks (LP x LP fp32, LP = next power of two >= l) go through shared memory for layout
@@ -676,6 +677,42 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     )
 
 
+def kernel_flags(*, dtype: torch.dtype, scores: bool, sketch: bool, budgets: bool, ragged: bool, center: bool,
+                 select: bool, scores_f64: bool = False) -> dict:
+    """The flag constexprs of a launch (the launcher passes some, the heuristics derive the others):
+    what tools/aot_compile_triton.py needs besides :func:`kernel_settings` to compile a variant."""
+    return dict(CENTER=center, IS_F64=dtype == torch.float64, SC_F64=scores_f64, SELECT=select,
+                HAS_SKETCH=sketch, HAS_SCORES=scores, HAS_BUDGETS=budgets, RAGGED=ragged)
+
+
+def kernel_signature(*, dtype: torch.dtype, scores: bool, sketch: bool, budgets: bool, ragged: bool) -> dict:
+    """Triton type of every runtime parameter of the kernel for one variant: "tokens" for the token
+    pointers (typed by the tokens' dtype), None for an optional pointer that is absent."""
+    del dtype, sketch  # the sketch is always a fp32 pointer (given, or the scratch the kernel fills)
+    ints = ("sxb", "sxn", "sxd", "scb", "scn", "som_d", "som_l", "sotb", "sotm", "sotd", "N", "D", "L", "M",
+            "POWER_ITERS", "MIN_TOKENS")
+    spec = dict.fromkeys(ints, "i32")
+    spec.update(X="tokens", CU="*i64" if ragged else None, SC="*fp32" if scores else None, OM="*fp32",
+                QWS="*fp32", WWS="*fp32", MUWS="*fp32", LEVWS="*fp32", SIG="*fp32", ENERGY="*fp32",
+                BUDGET="*i32", SAT="*u8", BIN="*i32" if budgets else None, OTOK="tokens", OIDX="*i64",
+                OMASK="*u8", SEED="i64", THRESH="fp32", FLAT_RTOL="fp32")
+    return spec
+
+
+def launch_grid(*, batch: int, n: int, d: int, lp: int, settings: dict, ragged: bool, sm_count: int,
+                blocks_per_sm: int) -> tuple[int]:
+    """The grid of a launch: one program per image (the present design ignores the machine)."""
+    del n, d, lp, settings, ragged, sm_count, blocks_per_sm
+    return (batch,)
+
+
+def programs_per_image(*, batch: int, n: int, d: int, lp: int, settings: dict, ragged: bool, sm_count: int,
+                       blocks_per_sm: int) -> int:
+    """How many programs work on one image of a launch: one."""
+    del batch, n, d, lp, settings, ragged, sm_count, blocks_per_sm
+    return 1
+
+
 def _interpreting() -> bool:
     return type(_eadaprune_kernel).__name__ == "InterpretedFunction" or (
         hasattr(_eadaprune_kernel, "fn") and type(_eadaprune_kernel.fn).__name__ == "InterpretedFunction"
@@ -749,7 +786,9 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     if interpreting:  # the interpreter multiplies bf16 bit patterns in tl.dot unless told otherwise
         install_bf16_dot_fix()
     with _INTERPRETER_LOCK if interpreting else contextlib.nullcontext():
-        _eadaprune_kernel[(batch,)](
+        grid = launch_grid(batch=batch, n=n, d=d, lp=lp, settings=settings, ragged=cu_seqlens is not None,
+                           sm_count=0, blocks_per_sm=0)
+        _eadaprune_kernel[grid](
             tokens, *x_strides,
             cu_seqlens,
             sc, *ssc,
