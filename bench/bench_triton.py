@@ -11,8 +11,8 @@ q=2, energy 0.99, it times (bench/timing.py: do_bench, median and 20/80 % quanti
                  the randomized baseline a user would reach for;
   * svdvals:     torch.linalg.svdvals(X_c) in fp32: the exact spectrum.
 Bytes: ``floor`` is the (2q+2) passes over the tokens a fused subspace iteration must make (HBM
-floor); ``kernel`` is what this kernel reads from the tokens ((2q+5) passes: max
-scan, two statistics passes, 1 + 2q + 1 products). ``floor %`` = floor bytes / measured copy bandwidth
+floor); ``kernel`` is what this kernel reads from the tokens ((2q+3) passes: each row tile's max /
+NaN scan and its statistics pass with the sketch product, 2q power products, Z = X_c^T Q). ``floor %`` = floor bytes / measured copy bandwidth
 / median time. Writes triton_<gpu>_<date>.md to ``--out`` (default bench/results) and prints it.
 """
 
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
                 lowrank = gpu_milliseconds(lambda: torch.svd_lowrank(xc, q=l, niter=q))[0]
                 exact = gpu_milliseconds(lambda: torch.linalg.svdvals(xc))[0]
                 size = x.numel() * x.element_size()
-                floor, kernel = (2 * q + 2) * size, (2 * q + 5) * size
+                floor, kernel = (2 * q + 2) * size, (2 * q + 3) * size
                 pct = 100 * floor / bandwidth / (ms * 1e-3)
                 lines.append(
                     f"| {str(dtype).removeprefix('torch.')} | {d} | {b} | {ms:.3f} [{lo:.3f}, {hi:.3f}] | "

@@ -94,7 +94,10 @@ def test_triton_ragged_equals_each_image_alone_and_the_reference(with_scores, mo
 
     monkeypatch.setattr(cls, "run", counting_run)
     got = adaptive_prune(images, scores, backend="triton", **kwargs)
-    assert launches == [(len(sizes),)], f"expected one launch with one program per image, got {launches}"
+    settings = tb.kernel_settings(torch.float32, 8)
+    grid = tb.launch_grid(batch=len(sizes), n=sum(sizes), d=12, settings=settings, ragged=True, power_iters=1,
+                          leverage=not with_scores, select=True)
+    assert launches == [grid], f"expected one launch with one program per task, got {launches}"
     monkeypatch.undo()
 
     assert got.backend == "triton"

@@ -20,9 +20,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 from eadaprune_kernels import api  # noqa: E402
 from eadaprune_kernels.backends import triton_kernel as tb  # noqa: E402
+from eadaprune_kernels.backends.triton_kernel import _stage_info  # noqa: E402
 from eadaprune_kernels.ground_truth import exact_svdvals  # noqa: E402
 
 from helpers import (assert_keeps_top_leverage, assert_matches_reference, check_result_invariants,  # noqa: E402
@@ -376,14 +378,108 @@ def test_repeated_singular_values_stay_lower_bounds():
 
 @cpu_interp
 def test_sketch_sizes_above_the_limit_go_to_another_backend(monkeypatch):
-    """l > MAX_SKETCH_SIZE cannot launch on sm_90 (shared memory): named -> error, auto -> next backend."""
+    """l > MAX_SKETCH_SIZE (256) is not compiled: named -> error, auto -> next backend."""
     from eadaprune_kernels import backends
     from eadaprune_kernels.backends import BackendUnavailable
 
-    x = torch.randn(1, 160, 140)
-    with pytest.raises(BackendUnavailable, match=r"backend 'triton' takes l = .* up to 128 .*got l = 140"):
-        api.adaptive_prune(x, sketch_size=256, backend="triton")
+    assert tb.MAX_SKETCH_SIZE == 256
+    x = torch.randn(1, 300, 280)
+    with pytest.raises(BackendUnavailable, match=r"backend 'triton' takes l = .* up to 256 .*got l = 257"):
+        api.adaptive_prune(x, sketch_size=257, backend="triton")
     monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("triton", "reference"))
-    assert api.adaptive_prune(x, sketch_size=256).backend == "reference"
+    assert api.spectral_budget(x, sketch_size=257).backend == "reference"
     assert api.spectral_budget(x[:, :20, :12], sketch_size=8).backend == "triton"
-    assert backends.available_backends("cpu", sketch_size=129) == ["reference"]
+    assert backends.available_backends("cpu", sketch_size=257) == ["reference"]
+
+
+@cpu_interp
+def test_sketch_of_256_columns_matches_reference():
+    """l = 256 (LP = 256: the l x l work through global scratch) against the reference."""
+    x = _decaying(1, 300, 280, seed=11)
+    scores = torch.randn(1, 300, generator=torch.Generator().manual_seed(2))
+    cfg = _cfg(x, sketch_size=256, power_iters=1, energy=0.99, max_tokens=280)
+    assert tb.kernel_settings(x.dtype, 256)["LP"] == 256
+    got = run_backend("triton", x, cfg, scores)
+    ref = run_backend("reference", x, cfg, scores)
+    ok = _check_against_reference(got, ref, cfg)
+    _check_padding(got, x, cfg)
+    assert torch.equal(got.indices[ok], ref.indices[ok])
+
+
+@triton.jit
+def _decode_stages(OUT, q, MID: tl.constexpr, FIN: tl.constexpr, LEVERAGE: tl.constexpr, SMAX: tl.constexpr):
+    o = tl.arange(0, SMAX)
+    kind, side, gram = _stage_info(o, q, MID, FIN, LEVERAGE)
+    tl.store(OUT + 3 * o, kind)
+    tl.store(OUT + 3 * o + 1, side)
+    tl.store(OUT + 3 * o + 2, gram)
+
+
+@cpu_interp
+@pytest.mark.parametrize("q", [0, 1, 2, 3])
+@pytest.mark.parametrize("leverage, select", [(True, True), (False, True), (False, False)])
+def test_the_kernels_stage_decoder_is_the_launchers_stage_list(q, leverage, select):
+    """The kernel decodes an image's stages arithmetically (_stage_info); the launcher sizes the
+    counters and the grid from stage_list: the two must be the same sequence."""
+    settings = tb.kernel_settings(torch.float32, 16)
+    for mid, fin in ((settings["MID_PASSES"], settings["FIN_PASSES"]), (1, 1), (2, 3)):
+        stages = tb.stage_list(q, mid, fin, leverage, select)
+        smax = 1 << (len(stages) - 1).bit_length()
+        out = torch.full((3 * smax,), -1, dtype=torch.int32)
+        _decode_stages[(1,)](out, q, MID=mid, FIN=fin, LEVERAGE=leverage, SMAX=smax)
+        decoded = [tuple(out[3 * s:3 * s + 3].tolist()) for s in range(len(stages))]
+        assert decoded == stages, (q, mid, fin, leverage, select)
+
+
+@triton.jit
+def _wait_never_satisfied(cnt, target, CNT, MAX_WAITS: tl.constexpr):
+    tl.atomic_add(CNT + 2, 1)  # CNT[_C_WAITS]: as _wait_for records a wait that cannot end
+
+
+@cpu_interp
+def test_programs_run_in_ticket_order_never_wait_and_a_wait_is_reported(monkeypatch):
+    """Run one program at a time (the interpreter), every task finds the stage it depends on done:
+    the launcher checks the recorded waits after every interpreted launch (dense and ragged here,
+    with a one-token image); a scheduler that has to wait is reported, not silently wrong."""
+    assert tb._C_WAITS == 2
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 40, 24, generator=g)
+    cfg = _cfg(x, sketch_size=8, power_iters=2)
+    run_backend("triton", x, cfg)  # raises if a task waited
+    packed = torch.randn(70, 24, generator=g)
+    cu = torch.tensor([0, 30, 31, 70])
+    api.adaptive_prune(packed, cu_seqlens=cu, sketch_size=8, backend="triton")
+    monkeypatch.setattr(tb, "_wait_for", _wait_never_satisfied)
+    with pytest.raises(RuntimeError, match=r"had to wait when the programs ran one at a time"):
+        run_backend("triton", x, cfg)
+
+
+@cpu_interp
+@pytest.mark.parametrize("ragged", [False, True], ids=["dense", "ragged"])
+def test_workspace_bytes_is_what_a_launch_allocates(monkeypatch, ragged):
+    """workspace_bytes (what the README's scratch figures come from) counts every scratch buffer the
+    launcher makes: all it allocates minus its outputs."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 40, 24, generator=g)
+    cfg = _cfg(x, sketch_size=8, power_iters=2, max_tokens=10)
+    tokens, cu = (x.reshape(-1, 24), torch.tensor([0, 40, 80, 120])) if ragged else (x, None)
+    allocated = []
+
+    def counting(real):
+        def make(*args, **kwargs):
+            t = real(*args, **kwargs)
+            allocated.append(t.numel() * t.element_size())
+            return t
+        return make
+
+    monkeypatch.setattr(torch, "empty", counting(torch.empty))
+    monkeypatch.setattr(torch, "zeros", counting(torch.zeros))
+    outputs = tb._launch(tokens, None, cfg, True, None, cu)
+    monkeypatch.undo()
+    output_bytes = sum(t.numel() * t.element_size() for t in outputs)
+    settings = tb.kernel_settings(x.dtype, cfg.sketch_size)
+    n = tokens.shape[0] if ragged else 40
+    plan = tb.launch_plan(batch=3, n=n, d=24, settings=settings, ragged=ragged, power_iters=2, leverage=True,
+                          select=True)
+    assert sum(allocated) - output_bytes == tb.workspace_bytes(batch=3, n=n, d=24, settings=settings, plan=plan,
+                                                               ragged=ragged)

@@ -17,6 +17,8 @@ import pytest
 
 pytest.importorskip("triton")
 
+import torch  # noqa: E402
+
 from eadaprune_kernels.backends import triton_kernel as triton_backend  # noqa: E402
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
@@ -44,20 +46,27 @@ def _tool_module():
     return aot_compile_triton
 
 
-def test_kernel_compiles_for_sm90_within_shared_memory_and_reports_ptxas_usage():
-    rows = _rows()
+def test_every_production_variant_compiles_for_sm90_without_spills_and_fills_the_gpu():
+    """Every production variant (fp16 / bf16 / fp32, LP 16-256, leverage and scores, dense and ragged),
+    compiled by tools/aot_compile_triton.py for sm_90: no spill stores or loads, shared memory within
+    227 KB, at least one block per SM, l = 256 among them, and a B=64 call at N=576 gives work to every
+    one of the 132 SMs (its widest stage has at least 132 tasks)."""
+    rows = _rows("--all", "--jobs", "2")
+    assert len(rows) == 3 * 5 * 2 * 2, f"expected 60 production variants, got {len(rows)}"
     for row in rows:
         assert row["ok"], f"the kernel does not compile for sm_90 in {row}"
-        assert row["shared"] <= SM90_MAX_SHARED, (
-            f"{row} asks for {row['shared']} bytes of shared memory, more than sm_90's {SM90_MAX_SHARED}")
         missing = [f for f in FIELDS if f not in row]
         assert not missing, f"{TOOL.name} does not report {missing}: {row}"
+        assert row["spill_stores"] == 0 and row["spill_loads"] == 0, f"ptxas reports spills: {row}"
+        assert row["shared"] <= SM90_MAX_SHARED, (
+            f"{row} asks for {row['shared']} bytes of shared memory, more than sm_90's {SM90_MAX_SHARED}")
         assert 16 <= row["registers"] <= 255 and row["threads"] == 32 * row["num_warps"], row
-        assert row["spill_stores"] >= 0 and row["spill_loads"] >= 0 and row["stack"] >= 0, row
-        assert row["blocks_per_sm"] >= 1 and row["grid_b1"] >= 1 and row["programs_per_image"] >= 1, row
-        assert row["sms_busy_b64"] == min(132, row["grid_b64"]), row
+        assert row["stack"] >= 0 and row["blocks_per_sm"] >= 1, row
+        assert row["grid_b1"] >= 1 and row["programs_per_image"] >= 1, row
+        assert row["sms_busy_b64"] == 132, f"a B=64 call leaves SMs idle in every stage: {row}"
+        assert row["grid_b64"] >= 132, row
     # the largest sketch the backend accepts is among the compiled configurations
-    assert max(row["lp"] for row in rows) >= triton_backend.MAX_SKETCH_SIZE
+    assert max(row["lp"] for row in rows) == triton_backend.MAX_SKETCH_SIZE == 256
 
 
 @pytest.mark.parametrize("registers, shared, warps, expected", [
@@ -73,19 +82,26 @@ def test_occupancy_follows_the_sm90_limits(registers, shared, warps, expected):
 
 
 def test_cost_model_attributes_every_loop_and_adds_up():
-    """tools/cost_model.py finds every loop of the model in the SASS (it fails otherwise), and its
-    totals are the sums of its stage rows."""
+    """tools/cost_model.py finds every loop it names in the SASS of the task that runs it (it raises
+    LookupError otherwise), models every stage of launch_plan, and its totals are the sums of its
+    stage rows."""
     out = subprocess.run([sys.executable, str(COST_MODEL), "--json", "--d", "1024"], capture_output=True,
                          text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert rows and all(r["prediction"] for r in rows)
+    settings = triton_backend.kernel_settings(torch.bfloat16, 128)
     for batch in (1, 64):
         stages = [r for r in rows if r["batch"] == batch and "stage" in r]
         total = [r for r in rows if r["batch"] == batch and "total_us_per_call" in r]
         assert stages and len(total) == 1
+        plan = triton_backend.launch_plan(batch=batch, n=576, d=1024, settings=settings, ragged=False,
+                                          power_iters=2, leverage=True, select=True)
+        assert [r["tasks"] for r in stages] == plan["counts"]  # the real task counts, stage by stage
         assert all(r["seconds"] > 0 for r in stages), [r for r in stages if r["seconds"] <= 0]
         assert sum(r["seconds"] for r in stages) * 1e6 == pytest.approx(total[0]["total_us_per_call"], rel=1e-9)
         assert total[0]["total_us_per_image"] == pytest.approx(total[0]["total_us_per_call"] / batch, rel=1e-9)
-        # every pass over the tokens is counted: HBM + L2 token bytes >= passes x N x D x 2 bytes (bf16)
+        # every pass over the tokens is counted: token bytes (HBM or L2) >= (2q + 2) passes x N x D x 2 (bf16)
+        assert sum(r["token_bytes"] for r in stages) >= (2 * 2 + 2) * 576 * 1024 * 2
         moved = sum(r["hbm_bytes"] + r["l2_bytes"] for r in stages)
         assert moved >= (2 * 2 + 2) * 576 * 1024 * 2

@@ -16,15 +16,16 @@ per variant:
   threads       32 * num_warps
   blocks_per_sm how many programs of this kernel one SM holds, and which resource limits it
                 (``occupancy_limit``: registers, shared, warps or blocks)
-  grid_b64, grid_b1, programs_per_image, sms_busy_b64
+  grid_b64, grid_b1, programs_per_image, sms_busy_b64, sms_busy_b64_narrowest_stage
                 the launcher's grid for the benchmark shape (N=576, D=1024) at B=64 and B=1
-                (``triton_kernel.launch_grid``), the programs that work on one image, and how many
-                of the 132 SMs of an H100/H200 have work at B=64 (the block scheduler fills idle SMs
-                first: min(grid, 132))
+                (``triton_kernel.launch_grid``: one program per task), the programs that work on one
+                image at once (its widest stage), and how many of the 132 SMs of an H100/H200 the
+                widest and the narrowest stage of a B=64 call keep busy (the block scheduler fills
+                idle SMs first: min(tasks of the stage, 132))
   seconds       compile time on this machine
 
     python tools/aot_compile_triton.py                        # the default variants (quick)
-    python tools/aot_compile_triton.py --all                  # every production variant
+    python tools/aot_compile_triton.py --all --jobs 2         # every production variant, 2 at a time
     python tools/aot_compile_triton.py --dtype bf16 --lp 128 --ragged --sass k.sass
                                                               # one variant, and its SASS with line info
 
@@ -89,7 +90,7 @@ def _jit_function():
 
 
 def _signature(params, dtype, lp, scores, sketch, budgets, ragged):
-    """(signature, constexprs, num_warps) of one variant, from the kernel's parameter annotations:
+    """(signature, constexprs, launch options) of one variant, from the kernel's parameter annotations:
     pointers are typed by what the launcher passes, ints by their use, constexprs from
     ``kernel_settings`` (the launcher's own) and the heuristics' flags."""
     spec = triton_backend.kernel_signature(dtype=TORCH_DTYPES[dtype], scores=scores, sketch=sketch,
@@ -106,25 +107,26 @@ def _signature(params, dtype, lp, scores, sketch, budgets, ragged):
         else:
             signature[name] = kind
     settings = triton_backend.kernel_settings(TORCH_DTYPES[dtype], lp)  # the launcher's own settings
-    num_warps = settings.pop("num_warps")
+    options = {k: settings.pop(k) for k in ("num_warps", "num_stages") if k in settings}
     flags = triton_backend.kernel_flags(dtype=TORCH_DTYPES[dtype], scores=scores, sketch=sketch, budgets=budgets,
                                         ragged=ragged, center=True, select=True)
     constants.update(flags, **settings)
-    return signature, constants, num_warps
+    return signature, constants, options
 
 
 def compile_variant(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False, arch=90):
     """Compiles one variant with triton; returns (compiled kernel, config dict)."""
     jit = _jit_function()
     params = [p.name for p in jit.params]
-    signature, constants, num_warps = _signature(params, dtype, lp, scores, sketch, budgets, ragged)
+    signature, constants, options = _signature(params, dtype, lp, scores, sketch, budgets, ragged)
+    constants = {k: v for k, v in constants.items() if k in params}
     source = ASTSource(fn=jit, signature=signature,
                        constexprs={(params.index(k),): v for k, v in constants.items()})
     config = dict(dtype=dtype, lp=lp, scores=scores, sketch=sketch, budgets=budgets, ragged=ragged,
-                  arch=arch, num_warps=num_warps)
+                  arch=arch, **options)
     # triton prints the whole PTX to stdout when ptxas fails: keep stdout for the JSON lines
     with contextlib.redirect_stdout(io.StringIO()):
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     return compiled, config
 
 
@@ -176,14 +178,17 @@ def grid_facts(dtype: str, lp: int, blocks_per_sm: int, ragged: bool) -> dict:
     settings = triton_backend.kernel_settings(TORCH_DTYPES[dtype], lp)
     facts = {}
     for batch in (64, 1):
-        grid = triton_backend.launch_grid(batch=batch, n=BENCH_N, d=BENCH_D, lp=lp, settings=settings,
-                                          ragged=ragged, sm_count=SM90["sms"], blocks_per_sm=blocks_per_sm)
+        grid = triton_backend.launch_grid(batch=batch, n=BENCH_N, d=BENCH_D, settings=settings, ragged=ragged)
         facts[f"grid_b{batch}"] = grid[0]
-    facts["programs_per_image"] = triton_backend.programs_per_image(
-        batch=64, n=BENCH_N, d=BENCH_D, lp=lp, settings=settings, ragged=ragged, sm_count=SM90["sms"],
-        blocks_per_sm=blocks_per_sm)
-    # The block scheduler places blocks on idle SMs first: a grid of G programs keeps min(G, 132) SMs busy.
-    facts["sms_busy_b64"] = min(SM90["sms"], facts["grid_b64"])
+    facts["programs_per_image"] = triton_backend.programs_per_image(n=BENCH_N, d=BENCH_D, settings=settings,
+                                                                    ragged=ragged)
+    # Every stage of the persistent grid is a set of tasks; at B=64 the SMs busy at once is bounded by the
+    # stages' task counts: the widest keeps min(its tasks, 132) SMs busy (the block scheduler places
+    # blocks on idle SMs first), the narrowest (one task per image: Cholesky, Jacobi) min(64, 132).
+    plan = triton_backend.launch_plan(batch=64, n=BENCH_N, d=BENCH_D, settings=settings, ragged=ragged,
+                                      power_iters=2, leverage=True, select=True)
+    facts["sms_busy_b64"] = min(SM90["sms"], plan["widest"])
+    facts["sms_busy_b64_narrowest_stage"] = min(SM90["sms"], min(plan["counts"][1:]))
     return facts
 
 
@@ -230,7 +235,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ragged", action="store_true", help="packed tokens with cu_seqlens")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--sass", metavar="FILE", help="write the SASS of the (single) variant to FILE")
+    ap.add_argument("--jobs", type=int, default=1, help="compile this many variants at once (processes)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs: expected a positive number of processes, got {args.jobs}")
     if args.all:
         if args.sass:
             ap.error("--sass takes one variant, not --all")
@@ -243,11 +251,21 @@ def main(argv=None) -> int:
     if args.sass and len(configs) != 1:
         ap.error("--sass takes one variant (give --dtype / --lp)")
     ok = True
-    for config in configs:
-        result = compile_config(**config, sass_path=args.sass)
+    if args.jobs == 1 or len(configs) == 1:
+        results = (compile_config(**config, sass_path=args.sass) for config in configs)
+    else:  # the variants are independent compiles; rows come back in the order of ``configs``
+        import concurrent.futures
+
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs)
+        results = pool.map(_compile_config_kwargs, configs)
+    for result in results:
         print(json.dumps(result), flush=True)
         ok &= result["ok"]
     return 0 if ok else 1
+
+
+def _compile_config_kwargs(config: dict) -> dict:
+    return compile_config(**config)
 
 
 if __name__ == "__main__":

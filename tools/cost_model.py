@@ -1,27 +1,39 @@
-"""Cost model of the fused Triton kernel on an H200, from the kernel's own tiling and its SASS.
+"""Cost model of the fused Triton kernel (the persistent-task design) on an H200, from the kernel's own
+tiling and its SASS. A PREDICTION, not a measurement: no GPU has run the kernel.
 
-A prediction, not a measurement: no GPU has run the kernel. For one variant (default: bf16 tokens,
-l = 128, q = 2, leverage selection) the model
+For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the model
 
 1. compiles the kernel for sm_90 exactly as tools/aot_compile_triton.py does (the launcher's
-   ``kernel_settings``) and disassembles it (the wheel's nvdisasm, with source lines);
-2. finds the innermost loops of the SASS and attributes each to the kernel source by a marker
-   statement (:data:`LOOP_MARKERS`: the loops holding the most instructions of that statement), and
-   counts per loop iteration and per warp: instructions,
-   shared-memory bytes, barriers, shuffles, special-function ops, tensor-core FLOPs, local-memory
-   (spill) bytes and global loads;
-3. turns every count into cycles per iteration with the sm_90 rates of :data:`H200` (each one stated
-   and justified there): t_iter = max(issue, shared + local (spill) memory, shuffles, MUFU, fp64,
-   tensor cores) + barriers x (barrier + shared-memory latency) + the exposed latency of global loads
-   that are not software-pipelined (one program alone on an SM has no other work to hide them);
-4. describes the kernel as stages (:func:`present_stages`): per image, how many iterations of which
-   loop run one after the other on one program, plus the bytes each stage moves (HBM: the tokens;
-   L2: the fp32 scratch), its tensor-core FLOPs and its CUDA-core FLOPs, all from the tiling
-   (LP, BT, BS, num_warps of ``kernel_settings``) and the shape;
-5. bounds each stage by max(serial SASS time, HBM bytes / bandwidth share, L2 bytes / L2 share,
-   tensor FLOPs / tensor share) and sums the stages of one image; a batch of B images runs
-   B programs at once (the present design: one program per image), so the batch takes about one
-   image's time while B <= 132 and the per-image figure is that divided by B.
+   ``kernel_settings``), reads its occupancy (ptxas registers and shared memory -> blocks per SM) and
+   disassembles it (the wheel's nvdisasm, with source lines). Every task is a
+   ``@triton.jit(noinline=True)`` function: a SASS function of its own (``.type ...@function``,
+   called with CALL.REL.NOINC from the scheduler), whose mangled name carries the constexprs it was
+   specialised with (xt_times_q appears twice: PARTS = 2 and 3);
+2. finds the loops of each task's SASS function (backward branches; a loop's own body excludes the
+   loops nested in it) and attributes them to the source by a marker statement
+   (:data:`LOOP_MARKERS`: the function that holds the statement, looked up in the module that defines
+   it, and the statement; the loop is the innermost one whose own body holds the most instructions of
+   that line). It counts per loop iteration and per warp: instructions, shared-memory bytes, barriers,
+   shuffles, special-function ops, tensor-core FLOPs (HMMA / HGMMA), local-memory (spill) bytes and
+   global loads. A marker that is not in the source, or whose loop is not in the SASS of the task,
+   raises LookupError;
+3. turns every count into cycles per iteration with the sm_90 rates of :data:`H200` (each stated and
+   justified there): t_iter = max(issue, shared + local memory, shuffles, MUFU, fp64, tensor cores)
+   + barriers x (barrier + shared-memory latency) + the exposed latency of global loads that are not
+   software-pipelined (one 8-warp program per SM has little other work to hide them);
+4. describes the kernel as its stages, from ``launch_plan`` / ``stage_list`` (the real task counts:
+   GR / GD rows / features per group, NG / DG groups per image): for every stage kind, the work of ONE
+   task from its row or feature range and the tiling (BR, BD, BK, CB, LP, PB, RB, BS and the section's
+   own constexprs): iterations of which SASS loop, bytes (HBM: tokens and outputs; L2: the fp32
+   scratch), tensor-core FLOPs (16-bit and tf32; 3xTF32 counts 3 products) and CUDA-core FLOPs. The rest
+   of a task's SASS function (code outside the loops named for it) is counted once per task;
+5. schedules: in a stage, the batch's T tasks run on C = min(T, 132 x blocks_per_sm) programs at once,
+   in ceil(T / C) waves; the stage takes max(waves x (serial time of the largest task + the per-task
+   scheduler overhead), HBM bytes / HBM share, L2 bytes / L2 share, tensor FLOPs / tensor share,
+   CUDA-core FLOPs / CUDA-core share) + one hand-off (see H200["handoff_cycles"]), the shares being
+   those of the SMs the stage keeps busy. The call is the SUM of its stages: an upper (conservative)
+   estimate, since in the kernel the stages of different images overlap (tickets are stage-major, but a
+   program waits only for its own image's previous stage).
 
     python tools/cost_model.py                                   # the benchmark shapes, a markdown table
     python tools/cost_model.py --dtype fp32 --d 4096 --json      # one variant, rows as JSON lines
@@ -37,8 +49,10 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,6 +61,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aot_compile_triton as aot  # noqa: E402  (also sets up the compile-only environment)
 
 from eadaprune_kernels.backends import triton_kernel as kernel_module  # noqa: E402
+from eadaprune_kernels.backends import triton_linalg as linalg_module  # noqa: E402
+from eadaprune_kernels.backends import triton_tasks as tasks_module  # noqa: E402
+
+K = kernel_module  # stage kinds K.K_STATS, ...
 
 # ---- the machine ---------------------------------------------------------------------------------
 
@@ -83,6 +101,17 @@ H200 = dict(
     l2_latency=270,
     hbm_latency=800,
     barrier_latency=24,
+    # Hand-off between two stages of one image, on its critical path: the last task's release
+    # (count_done: a barrier, then atom.add.release, whose fence waits until the task's stores have
+    # reached L2 and whose atomic is one more L2 round trip) and the next task's acquire poll
+    # (_wait_for: every poll is an L2 atomic round trip; the poll that sees the count returns about
+    # one round trip after it landed). About 3 L2 round trips: 3 x 270 = 810 cycles (0.41 us).
+    handoff_cycles=3 * 270,
+    # Per task (every program runs one task and exits: the grid is one program per ticket): the
+    # ticket atomic on one global counter (one L2 round trip; contention among the <= 132 programs
+    # starting at once is not modelled) plus the scheduler's own SASS outside its poll loops (stage
+    # decoding), counted from the SASS. The CTA launch itself is not modelled (unknown without a GPU).
+    ticket_cycles=270,
 )
 # Tensor-core FLOPs per SM and clock: the peak rates divided over 132 SMs at 1.98 GHz.
 TC16_PER_CLK = H200["tc16_flops_per_s"] / H200["sms"] / H200["clock_hz"]
@@ -90,9 +119,12 @@ TF32_PER_CLK = H200["tf32_flops_per_s"] / H200["sms"] / H200["clock_hz"]
 
 # ---- SASS --------------------------------------------------------------------------------------------
 
-_LINE = re.compile(r'\s*//## File "([^"]+)", line (\d+)')
+_LINE = re.compile(r'\s*//## File "([^"]+)", line (\d+)(?: inlined at "([^"]+)", line (\d+))?')
 _INSTR = re.compile(r"\s*/\*([0-9a-f]+)\*/\s+(.*?)\s*;")
 _LABEL = re.compile(r"^(\.L_x_\d+):")
+_FUNCTION = re.compile(r"^(\S+):\s*$")
+# $_eadaprune_kernel$eadaprune_kernels_$_backends_$_triton_tasks_$_x_times_w__<constexprs and types>
+_MANGLED = re.compile(r"_\$_backends_\$_(\w+?)_\$_(\w+?)__(\w*)$")
 
 
 @dataclasses.dataclass
@@ -100,57 +132,95 @@ class Instr:
     addr: int
     opcode: str  # full opcode with modifiers, e.g. LDS.U.128
     text: str
-    lines: frozenset  # the lines of the source file in its inlining chain (deepest first in nvdisasm's output)
+    chain: tuple  # (path, line) of the statement and of every call site it is inlined through
+    target: int | None = None
 
 
 @dataclasses.dataclass
 class Loop:
     start: int
     end: int
-    body: list
+    own: list  # the instructions of its body outside the loops nested in it
 
 
-def parse_sass(text: str, source_file: str) -> list[Instr]:
-    """Instructions of ``nvdisasm -c -gi`` output, each with the lines of ``source_file`` (a path suffix,
-    e.g. eadaprune_kernels/backends/triton_kernel.py: triton's cache may hold a build from another
-    checkout of the same source) it comes from:
-    the statement and every call site it is inlined through (nvdisasm prints the chain before each
-    instruction group)."""
-    instrs, labels, pending, chain, fresh = [], {}, [], [], True
+@dataclasses.dataclass
+class Section:
+    """One SASS function: the scheduler (the kernel itself) or a noinline task."""
+    symbol: str
+    function: str
+    module: str  # triton_tasks / triton_linalg / triton_kernel
+    constexprs: dict
+    instrs: list
+    loops: list = dataclasses.field(default_factory=list)
+
+
+def _mangled_args(function: str, module: str, suffix: str) -> dict:
+    """The parameters of ``function`` with their specialisation in the mangled name (one token per
+    parameter: Pbf16 / i32 / cTrue / c128 / c_sq_tf32x3_sq_ / cNone ...); constexprs as Python values."""
+    fn = getattr({"triton_tasks": tasks_module, "triton_linalg": linalg_module}.get(module, kernel_module),
+                 function, None)
+    params = [p.name for p in getattr(fn, "params", [])]
+    tokens = re.findall(r"c_sq_.*?_sq_|[^_]+", suffix)
+    out = {}
+    for name, tok in zip(params, tokens):
+        if tok.startswith("c_sq_"):
+            out[name] = tok[5:-4]
+        elif tok.startswith("c"):
+            v = tok[1:]
+            out[name] = {"True": True, "False": False, "None": None}.get(v, int(v) if v.lstrip("-").isdigit() else v)
+    return out
+
+
+def parse_sections(text: str) -> list[Section]:
+    """The SASS functions of ``nvdisasm -c -gi`` output, each with its instructions (and their inlining
+    chains of source lines) and its loops."""
+    sections, labels, pending, chain, fresh, cur = [], {}, [], [], True, None
     for raw in text.splitlines():
         m = _LINE.match(raw)
         if m:
             if fresh:
                 chain, fresh = [], False
             chain.append((m.group(1), int(m.group(2))))
+            if m.group(3):
+                chain.append((m.group(3), int(m.group(4))))
             continue
         m = _LABEL.match(raw)
         if m:
             pending.append(m.group(1))
             continue
+        m = _FUNCTION.match(raw)
+        if m:
+            sym = m.group(1)
+            mm = _MANGLED.search(sym)
+            if mm:
+                cur = Section(sym, mm.group(2), mm.group(1), _mangled_args(mm.group(2), mm.group(1), mm.group(3)), [])
+            else:
+                name = sym.replace(".text.", "")
+                cur = Section(sym, name, "triton_kernel" if name == "_eadaprune_kernel" else "", {}, [])
+            sections.append(cur)
+            continue
         m = _INSTR.match(raw)
-        if not m:
+        if not m or cur is None:
             continue
         fresh = True
         body = re.sub(r"^@!?U?P\w+\s+", "", m.group(2).strip())
         opcode = body.split()[0] if body else ""
-        lines = frozenset(ln for path, ln in chain if path.endswith(source_file))
-        instr = Instr(int(m.group(1), 16), opcode, body, lines)
+        instr = Instr(int(m.group(1), 16), opcode, body, tuple(chain))
         for label in pending:
             labels[label] = instr.addr
         pending = []
-        instrs.append(instr)
-    for instr in instrs:  # resolve branch targets
-        m = re.search(r"\((\.L_x_\d+)\)", instr.text)
-        instr.target = labels.get(m.group(1)) if (m and instr.opcode.startswith("BRA")) else None
-    return instrs
-
-
-def innermost_loops(instrs: list[Instr]) -> list[Loop]:
-    """Loops = backward branches; the innermost ones contain no other loop."""
-    spans = sorted({(i.target, i.addr) for i in instrs if i.target is not None and i.target <= i.addr})
-    inner = [s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in spans)]
-    return [Loop(a, b, [i for i in instrs if a <= i.addr <= b]) for a, b in inner]
+        cur.instrs.append(instr)
+    sections = [s for s in sections if s.instrs]
+    for sec in sections:
+        for instr in sec.instrs:  # resolve branch targets
+            m = re.search(r"\((\.L_x_\d+)\)", instr.text)
+            instr.target = labels.get(m.group(1)) if (m and instr.opcode.startswith("BRA")) else None
+        spans = sorted({(i.target, i.addr) for i in sec.instrs if i.target is not None and i.target <= i.addr})
+        for a, b in spans:
+            kids = [o for o in spans if o != (a, b) and a <= o[0] and o[1] <= b]
+            own = [i for i in sec.instrs if a <= i.addr <= b and not any(k[0] <= i.addr <= k[1] for k in kids)]
+            sec.loops.append(Loop(a, b, own))
+    return sections
 
 
 def _mma_flops(opcode: str) -> tuple[float, float]:
@@ -179,10 +249,10 @@ def _access_bytes(opcode: str) -> int:
     return 4
 
 
-def loop_counts(loop: Loop) -> dict:
-    """Per iteration and per warp: instruction classes of one loop body."""
+def loop_counts(instrs: list) -> dict:
+    """Per iteration and per warp: instruction classes of one loop body (or any list of instructions)."""
     c = collections.Counter()
-    for ins in loop.body:
+    for ins in instrs:
         op = ins.opcode
         head = op.split(".")[0]
         c["instructions"] += 1
@@ -233,190 +303,454 @@ def iteration_cycles(counts: dict, warps: int, global_latency: int) -> tuple[flo
     return cycles, bound
 
 
+
+
 # ---- which loop is which ----------------------------------------------------------------------
 
-# A statement that occurs only inside the loop named: the loop is the innermost SASS loop holding an
-# instruction of that source line. Each entry: loop name -> (function, marker text).
+# Loop name -> (function that holds the marker statement, marker text). The function is looked up in
+# the module that defines it (triton_tasks / triton_linalg); the loop is found in the SASS function of
+# the TASK that runs it (an inlined helper such as gram_partial has a copy in every task that calls it).
 LOOP_MARKERS = {
-    "scan": ("_eadaprune_kernel", "nonfinite |= ((b_x - b_x) != 0.0)"),
-    "column sums": ("_eadaprune_kernel", "colsum += tl.sum(b_x, 0)"),
-    "centred energy": ("_eadaprune_kernel", "energy += tl.sum(tl.sum(b_c * b_c, 1), 0)"),
-    "sketch": ("_eadaprune_kernel", "b_om = tl.randn(SEED, offs)"),
-    "X @ tile": ("_x_times", "acc = _dot_x(b_x, b_s, acc, SPLIT16, 2, XPREC)"),
-    "X^T @ tile": ("_xt_times", "acc = _dot_x(tl.trans(b_x), b_q, acc, SPLIT16, PARTS, XPREC)"),
-    "Gram tile": ("_orthonormalise", "G += tl.dot(tl.trans(b_y), b_y, input_precision=SPREC)"),
-    "apply L^-T tile": ("_orthonormalise", "tl.store(p_y, tl.dot(b_y, tl.trans(M), input_precision=SPREC)"),
-    "Cholesky step": ("_chol_inverse", "A = A - b_l * tl.trans(b_l)"),
-    "Jacobi round": ("_jacobi_eigh", "V = c_t * V + sp_t * tl.gather(V, idx_cols, 1)"),
-    "Z V tile": ("_eadaprune_kernel", "b_zv = tl.dot(b_z, V, input_precision=SPREC)"),
-    "leverage tile": ("_eadaprune_kernel", "b_u = tl.dot(b_q, V_sel, input_precision=SPREC)"),
-    "rank count": ("_eadaprune_kernel", "rank_i += tl.sum((wins & m_j[None, :]).to(tl.int32), 1)"),
-    "gather row tile": ("_eadaprune_kernel", "tl.store(out_tok + slot[:, None] * sotm + o_d[None, :] * sotd, b_row,"),
+    # statistics + Y~ = X Omega (stats_and_sketch)
+    "stats: scan chunk": ("stats_and_sketch", "b_x = tl.load(x_img + rows[:, None] * sxn + (d0 + o_d)[None, :] * sxd"),
+    "stats: sums + X Omega chunk": ("stats_and_sketch", "ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)"),
+    "stats: row tile": ("stats_and_sketch", "tl.store(TSCAL + t * 4 + 1, ss)"),
+    # reduce (reduce_image)
+    "reduce: tile max": ("reduce_image", "bad = tl.maximum(bad, tl.load(TSCAL + (tile0 + k) * 4 + 3"),
+    "reduce: tile energies": ("reduce_image", "ss += tl.load(TSCAL + (tile0 + k) * 4 + 1"),
+    "reduce: tile sums": ("reduce_image", "total += tl.load(TSUM + (tile0 + k) * D + cols"),
+    "reduce: tile deviations": ("reduce_image", "b_dev = tl.where(m_d, b_m - b_mu, 0.0)"),
+    "reduce: column chunk": ("reduce_image", "c_om += tl.sum(b_mu[:, None] * b_om, 0)"),
+    # fix Y (fix_sketch)
+    "fix Y: row tile": ("fix_sketch", "tl.store(q_img + rows[:, None] * LP + o_l[None, :], y, mask=m_r[:, None])"),
+    # Gram partial (gram_partial, inlined into fix_sketch, x_times_w, xt_times_q, apply_task)
+    "Gram: row chunk": ("gram_partial", "acc = tl.dot(tl.trans(y_i), y_j, acc, input_precision=SPREC)"),
+    "Gram: block": ("gram_partial", "for r0 in range(row0, row1, BR):"),
+    # Cholesky inverse (cholesky_inverse, _chol_small)
+    "Cholesky: partial sums": ("cholesky_inverse", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
+    "Cholesky: step": ("_chol_small", "A = A - low[:, None] * low[None, :]"),
+    "Cholesky: block column": ("cholesky_inverse", "l_ik = tl.dot(_load_block(amat, i, k, LP, CB), tl.trans(m_kk)"),
+    # apply L^-T (apply_inverse_transpose in apply_task)
+    "apply: block product": ("apply_inverse_transpose",
+                             "acc = tl.dot(y, tl.trans(_load_block(mmat, jb, kb, LP, CB)), acc, input_precision=SPREC)"),
+    "apply: column block": ("apply_inverse_transpose",
+                            "tl.store(ws + rows[:, None] * LP + jb * CB + o_c[None, :], acc, mask=m)"),
+    # products with X
+    "X W: chunk": ("x_times_w", "b_w = tl.load(w_img + cols[:, None] * LP + o_l[None, :],"),
+    "X W: row tile": ("x_times_w", "tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=(rows < row1)[:, None])"),
+    "X^T Q: chunk": ("xt_times_q", "b_q = tl.load(q_img + rows[:, None] * LP + o_l[None, :], mask=(rows < n_img)[:, None]"),
+    "X^T Q: feature tile": ("xt_times_q",
+                            "tl.store(w_img + cols[:, None] * LP + o_l[None, :], acc, mask=(cols < col1)[:, None])"),
+    # Jacobi (eigen_task: _symmetric_sum, jacobi_eigenvectors)
+    "H: partial sums": ("_symmetric_sum", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
+    "Jacobi: round": ("jacobi_eigenvectors", "rot = c_c[None, :] * (c_r[:, None] * h_rr + s_r[:, None] * h_pr)"),
+    "Jacobi: sweep": ("_off_diagonal", "off += tl.sum(tl.where(rows[:, None] == o[None, :], 0.0, sq), 1)"),
+    # sigma partials (sigma_partial)
+    "sigma: Z V chunk": ("sigma_partial", "b_zv = tl.dot(b_z, b_v, b_zv, input_precision=SPREC)"),
+    "sigma: feature tile": ("sigma_partial", "acc += tl.sum(b_zv * b_zv, 0).to(tl.float64)"),
+    # budget (budget_task)
+    "budget: partial sums": ("budget_task", "s2 += tl.load(sigp_img + p * LP + o, cache_modifier=\".cg\")"),
+    "budget: ranks": ("budget_task", "tl.store(rank_img + rows, tl.sum(beats.to(tl.int32), 1))"),
+    "budget: cumulative energy": ("budget_task", "n_reached += tl.sum(reached.to(tl.int32), 0)"),
+    "budget: padding chunk": ("budget_task", "tl.store(out_tok + o_p[:, None] * sotm + cols[None, :] * sotd, zeros,"),
+    # leverage (leverage_rows)
+    "leverage: Q V chunk": ("leverage_rows",
+                            "b_u = tl.dot(b_q, tl.where(keep[None, :], b_v, 0.0), b_u, input_precision=SPREC)"),
+    "leverage: column block": ("leverage_rows", "lev += tl.sum(b_u * b_u, 1)"),
+    # selection (select_rows), gather (gather_rows)
+    "selection: rank count": ("select_rows", "rank_i += tl.sum((wins & m_j[None, :]).to(tl.int32), 1)"),
+    "selection: row block": ("select_rows", "tl.store(kept_img + o_i, kept.to(tl.int32), mask=m_i)"),
+    "gather: kept counts": ("gather_rows", "kept_before += tl.load(kcnt_img + g, cache_modifier=\".cg\")"),
+    "gather: row chunk": ("gather_rows", "tl.store(out_tok + slot[:, None] * sotm + cols[None, :] * sotd, b_row, mask=m)"),
+    "gather: row block": ("gather_rows", "tl.store(OIDX + b * M + slot, o_i.to(tl.int64), mask=kept)"),
+    # the scheduler's poll loop (_wait_for): excluded from the per-task overhead (the hand-off covers it)
+    "scheduler: poll": ("_wait_for", "seen = tl.atomic_add(cnt, 0, sem=\"acquire\")"),
 }
 
+_MODULES = (tasks_module, linalg_module, kernel_module)
 
-def _marker_lines(function: str, marker: str) -> set[int]:
-    fn = getattr(kernel_module, function)
+
+def _defining_module(function: str):
+    for module in _MODULES:
+        fn = module.__dict__.get(function)
+        if fn is not None and getattr(getattr(fn, "fn", fn), "__module__", module.__name__) == module.__name__:
+            return module
+    raise LookupError(f"cost_model: no function {function!r} in triton_tasks / triton_linalg / triton_kernel: "
+                      f"update LOOP_MARKERS")
+
+
+def _source_suffix(module) -> str:
+    return "/".join(Path(inspect.getsourcefile(module)).resolve().parts[-3:])
+
+
+def _marker_lines(function: str, marker: str) -> tuple[str, set[int]]:
+    """(source file suffix, line numbers) of ``marker`` in ``function``."""
+    module = _defining_module(function)
+    fn = module.__dict__[function]
     fn = getattr(fn, "fn", fn)
     fn = getattr(fn, "fn", fn)
     lines, first = inspect.getsourcelines(fn)
     found = {first + i for i, text in enumerate(lines) if marker in text}
     if not found:
         raise LookupError(f"cost_model: marker {marker!r} not found in {function}: update LOOP_MARKERS")
-    return found
+    return _source_suffix(module), found
 
 
-def attribute_loops(loops: list[Loop]) -> dict[str, dict]:
-    """Loop name -> counts per iteration (the largest of its copies: inlining duplicates loops)."""
-    named = {}
-    for name, (function, marker) in LOOP_MARKERS.items():
-        lines = _marker_lines(function, marker)
-        hits = [sum(1 for i in loop.body if i.lines & lines) for loop in loops]
-        if not any(hits):
-            raise LookupError(f"cost_model: no SASS loop holds the marker of {name!r} ({function}: {marker!r})")
-        # the loops where the marker statement is (one of) the work: at least half as many of its
-        # instructions as in the loop that has the most (the scheduler may hoist a few elsewhere)
-        best = max(hits)
-        copies = [loop for loop, h in zip(loops, hits) if 2 * h >= best]
-        counts = [loop_counts(loop) for loop in copies]
-        named[name] = dict(max(counts, key=lambda c: c.get("instructions", 0)), copies=len(copies))
-    return named
+def _hits(instrs: list, suffix: str, lines: set[int], alias: str | None) -> int:
+    """Instructions whose inlining chain holds one of ``lines`` of the file ``suffix``. ``alias``: a file
+    name that stands for it (triton 3.8's line records of noinline functions from triton_linalg name the
+    kernel's file, triton_kernel.py, with the right line numbers: seen in the SASS)."""
+    n = 0
+    for ins in instrs:
+        if any(ln in lines and (path.endswith(suffix) or (alias and path.endswith(alias))) for path, ln in ins.chain):
+            n += 1
+    return n
 
 
-# ---- the kernel as stages ---------------------------------------------------------------------------
+def attribute_loop(section: Section, name: str) -> dict:
+    """Counts per iteration of the loop ``name`` in ``section``, with ``unroll`` (source iterations per
+    SASS iteration: LLVM unrolls some small loops, leaving a remainder loop: the ratio of the marker's
+    instructions in the largest and the smallest copy) and the loop itself (``_loop``)."""
+    function, marker = LOOP_MARKERS[name]
+    suffix, lines = _marker_lines(function, marker)
+    alias = _source_suffix(kernel_module) if section.module != "triton_kernel" else None
+    hits = [_hits(loop.own, suffix, lines, alias) for loop in section.loops]
+    if not any(hits):
+        raise LookupError(f"cost_model: no SASS loop of {section.function} holds the marker of {name!r} "
+                          f"({function}: {marker!r})")
+    best = max(hits)
+    # ties (a statement software-pipelined into a loop's prologue): the innermost (shortest) loop
+    loop = min((lp for lp, h in zip(section.loops, hits) if h == best), key=lambda lp: lp.end - lp.start)
+    # copies: loops beside it (not around or inside it) holding the statement too: an unrolled body and
+    # its remainder loop
+    copies = [h for lp, h in zip(section.loops, hits) if h > 0 and 8 * h >= best
+              and (lp is loop or lp.end < loop.start or loop.end < lp.start)]
+    unroll = max(1, min(8, round(best / min(copies)))) if len(copies) > 1 else 1
+    return dict(loop_counts(loop.own), copies=len(copies), unroll=unroll, _loop=loop)
+
+
+def section_rest(section: Section, named: list[dict]) -> dict:
+    """Counts of the section's instructions outside the named loops' own bodies (run once per task)."""
+    inside = {id(i) for c in named for i in c["_loop"].own}
+    return loop_counts([i for i in section.instrs if id(i) not in inside])
+
+
+# ---- the kernel's stages: the work of one task -------------------------------------------------------
+
+# The SASS function (and the constexprs that pick its specialisation) of every stage kind.
+SECTIONS = {
+    K.K_GLOBAL: ("sketch_tile", {}), K.K_STATS: ("stats_and_sketch", {}), K.K_REDUCE: ("reduce_image", {}),
+    K.K_FIXY: ("fix_sketch", {}), K.K_CHOL: ("cholesky_inverse", {}), K.K_APPLY: ("apply_task", {}),
+    K.K_XTQ: ("xt_times_q", {"PARTS": 2}), K.K_XW: ("x_times_w", {}), K.K_Z: ("xt_times_q", {"PARTS": 3}),
+    K.K_EIG: ("eigen_task", {}), K.K_SIGMA: ("sigma_partial", {}), K.K_BUDGET: ("budget_task", {}),
+    K.K_LEV: ("leverage_rows", {}), K.K_SELECT: ("select_rows", {}), K.K_GATHER: ("gather_rows", {}),
+}
+
+
+def find_section(sections: list[Section], function: str, constexprs: dict) -> Section:
+    found = [s for s in sections if s.function == function
+             and all(s.constexprs.get(k) == v for k, v in constexprs.items())]
+    if len(found) != 1:
+        raise LookupError(f"cost_model: {len(found)} SASS functions for {function} {constexprs} "
+                          f"(expected one): the kernel's tasks changed")
+    return found[0]
 
 
 @dataclasses.dataclass
-class Stage:
-    name: str
-    loop: str | None  # the SASS loop that runs ``iterations`` times, one after the other
-    iterations: float
-    hbm_bytes: float = 0.0  # of the tokens (when the batch does not fit the L2)
-    l2_bytes: float = 0.0  # scratch and re-reads
+class Work:
+    """What one task (or a sum of tasks) does."""
+    loops: list = dataclasses.field(default_factory=list)  # (loop name, source iterations)
+    token_bytes: float = 0.0  # reads of X (HBM, or L2 when the batch's tokens stay there)
+    token_rereads: float = 0.0  # reads of X that hit L2 in any case (re-read inside one task)
+    out_bytes: float = 0.0  # output tokens written (HBM)
+    l2_bytes: float = 0.0  # fp32 / fp64 scratch read and written
     tc16_flops: float = 0.0
     tf32_flops: float = 0.0
     cuda_flops: float = 0.0
-    global_latency: str = "l2"  # where the non-pipelined loads of an iteration come from
-    programs: int = 1  # programs of one image that share the stage
-    first_pass: bool = False  # the first pass over the tokens of a call (always from HBM)
-    note: str = ""
+
+    def add(self, other: "Work") -> "Work":
+        self.loops += other.loops
+        for f in ("token_bytes", "token_rereads", "out_bytes", "l2_bytes", "tc16_flops", "tf32_flops", "cuda_flops"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        return self
 
 
-def present_stages(n: int, d: int, l: int, q: int, elt: int, settings: dict, sweeps: float,
-                   kept: int) -> list[Stage]:
-    """The present kernel (one program per image) as stages, from its loops and its tiling."""
-    lp, bt, bs = settings["LP"], settings["BT"], settings["BS"]
-    split16 = settings["SPLIT16"]
-    ceil = lambda a, b: -(-a // b)  # noqa: E731
-    tiles_n, tiles_d = ceil(n, bt), ceil(d, bt)
-    x_bytes = n * d * elt
-
-    def product(name, loop, parts, src_rows, tiles_out, tiles_red):
-        # one pass over X; the fp32 operand tile [BT, LP] is re-read for every output tile
-        flops = 2.0 * n * d * lp
-        return Stage(name, loop, tiles_out * tiles_red, hbm_bytes=x_bytes,
-                     l2_bytes=tiles_out * src_rows * lp * 4 + tiles_out * bt * lp * 4,
-                     tc16_flops=flops * parts if split16 else 0.0, tf32_flops=0.0 if split16 else 3 * flops,
-                     global_latency="hbm", note=f"operand re-read {tiles_out}x")
-
-    def orth(name, rows, passes):
-        out = []
-        for p in range(passes):
-            g = 2.0 * rows * lp * lp
-            out.append(Stage(f"{name} Gram {p + 1}", "Gram tile", ceil(rows, bt), l2_bytes=rows * lp * 4,
-                             tf32_flops=3 * g))
-            out.append(Stage(f"{name} Cholesky {p + 1}", "Cholesky step", lp, cuda_flops=4.0 * lp ** 3))
-            out.append(Stage(f"{name} apply {p + 1}", "apply L^-T tile", ceil(rows, bt), l2_bytes=2 * rows * lp * 4,
-                             tf32_flops=3 * g))
-        return out
-
-    stages = [
-        Stage("scan (max, NaN/Inf)", "scan", tiles_n * tiles_d, hbm_bytes=x_bytes, global_latency="hbm",
-              first_pass=True),
-        Stage("column sums", "column sums", tiles_n * tiles_d, hbm_bytes=x_bytes, global_latency="hbm"),
-        Stage("centred energy", "centred energy", tiles_n * tiles_d, l2_bytes=x_bytes, cuda_flops=3.0 * n * d),
-        Stage("sketch (Philox)", "sketch", tiles_d, l2_bytes=d * lp * 4),
-        product("Y = X_c Omega", "X @ tile", 2, d, tiles_n, tiles_d),
-    ]
-    stages += orth("orth(Y)", n, 3)
-    for it in range(q):
-        stages.append(product(f"W = X_c^T Q ({it + 1})", "X^T @ tile", 2, n, tiles_d, tiles_n))
-        stages += orth(f"orth(W) ({it + 1})", d, 3)
-        stages.append(product(f"Q = X_c W ({it + 1})", "X @ tile", 2, d, tiles_n, tiles_d))
-        stages += orth(f"orth(Q) ({it + 1})", n, 3)
-    stages.append(product("Z = X_c^T Q, H = Z^T Z", "X^T @ tile", 3, n, tiles_d, tiles_n))
-    stages.append(Stage("Jacobi", "Jacobi round", sweeps * (lp - 1), cuda_flops=sweeps * (lp - 1) * 9.0 * lp * lp,
-                        note=f"{sweeps:g} sweeps assumed"))
-    stages.append(Stage("sigma = ||Z v_j||", "Z V tile", tiles_d, l2_bytes=d * lp * 4, tf32_flops=3 * 2.0 * d * lp * lp))
-    stages.append(Stage("leverage = rows of Q V", "leverage tile", tiles_n, l2_bytes=n * lp * 4,
-                        tf32_flops=3 * 2.0 * n * lp * lp))
-    stages.append(Stage("selection (rank count)", "rank count", ceil(n, bs) ** 2, l2_bytes=ceil(n, bs) * n * 4,
-                        cuda_flops=3.0 * n * n))
-    stages.append(Stage("gather", "gather row tile", ceil(n, bs) * tiles_d, hbm_bytes=2 * kept * d * elt,
-                        global_latency="hbm"))
-    return stages
+def _cdiv(a, b):
+    return -(-int(a) // int(b))
 
 
-# ---- bounds ------------------------------------------------------------------------------------------
+def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, sec: Section, sweeps: float) -> Work:
+    """The work of one task of a stage of ``kind`` over ``span`` rows (side 0) or features (side 1) of an
+    image (per-image kinds: span unused), from the tiling ``s`` (kernel_settings and launch_plan) and
+    the task's SASS specialisation ``sec`` (its constexprs)."""
+    n, d, elt, kept, m_out = shape["n"], shape["d"], shape["elt"], shape["kept"], shape["m"]
+    lp, cb, br, bd, bk = s["LP"], s["CB"], s["BR"], s["BD"], s["BK"]
+    nb = lp // cb
+    pairs = nb * (nb + 1) // 2
+    c = sec.constexprs
+    split16 = s["SPLIT16"]
+    w = Work()
+
+    def gram_part(rows):
+        bkg = c.get("BK", bk)
+        return Work([("Gram: row chunk", pairs * _cdiv(rows, bkg)), ("Gram: block", pairs)],
+                    l2_bytes=nb * nb * rows * cb * 4 + pairs * cb * cb * 4, tf32_flops=3 * 2.0 * rows * cb * cb * pairs)
+
+    def x_product(m, k, nn, parts):  # an X product [m, k] x [k, nn]: tensor FLOPs
+        if split16:
+            return dict(tc16_flops=parts * 2.0 * m * k * nn)
+        return dict(tf32_flops=3 * 2.0 * m * k * nn)
+
+    if kind == K.K_GLOBAL:  # BD rows of Omega (Philox + Box-Muller): straight-line code
+        w = Work([], l2_bytes=c.get("BD", bd) * lp * 4, cuda_flops=c.get("BD", bd) * lp * 40.0)
+    elif kind == K.K_STATS:
+        chunk = c["BD"]  # the launcher passes BK as the statistics' column chunk
+        tiles, chunks = _cdiv(span, br), _cdiv(d, chunk)
+        w = Work([("stats: scan chunk", tiles * chunks), ("stats: sums + X Omega chunk", tiles * chunks),
+                  ("stats: row tile", tiles)],
+                 token_bytes=span * d * elt, token_rereads=span * d * elt,
+                 l2_bytes=tiles * d * lp * 4 + span * lp * 4 + tiles * d * 4, cuda_flops=8.0 * span * d,
+                 **x_product(span, d, lp, 2))
+    elif kind == K.K_REDUCE:
+        ntiles, chunks = _cdiv(n, br), _cdiv(d, c["BD"])
+        w = Work([("reduce: tile max", ntiles), ("reduce: tile energies", ntiles),
+                  ("reduce: tile sums", chunks * ntiles), ("reduce: tile deviations", chunks * ntiles),
+                  ("reduce: column chunk", chunks)],
+                 l2_bytes=2 * ntiles * d * 4 + d * lp * 4 + d * 4, cuda_flops=2.0 * d * lp + 6.0 * ntiles * d)
+    elif kind == K.K_FIXY:
+        tiles = _cdiv(span, br)
+        w = Work([("fix Y: row tile", tiles)], l2_bytes=2 * span * lp * 4, cuda_flops=2.0 * span * lp)
+        w.add(gram_part(span))
+    elif kind == K.K_CHOL:
+        nparts = shape["NG"] if side == 0 else shape["DG"]
+        panels = nb * (nb - 1) // 2
+        trailing = sum((nb - k - 1) * (nb - k) // 2 for k in range(nb))
+        m_blocks = sum(i - j + 1 for i in range(1, nb) for j in range(i))
+        blocks = nparts * pairs + pairs + nb + 2 * panels + 4 * trailing + sum(
+            1 + sum(2 * (i - j) + 1 for j in range(i)) for i in range(1, nb)) + panels
+        w = Work([("Cholesky: partial sums", pairs),
+                  ("Cholesky: step", nb * cb), ("Cholesky: block column", nb)],
+                 l2_bytes=blocks * cb * cb * 4, tf32_flops=3 * 2.0 * cb ** 3 * (panels + trailing + m_blocks),
+                 cuda_flops=4.0 * cb ** 3 * nb)
+    elif kind == K.K_APPLY:
+        tile = br if side == 0 else bd
+        tiles = _cdiv(span, tile)
+        w = Work([("apply: block product", tiles * pairs), ("apply: column block", tiles * nb)],
+                 l2_bytes=tiles * pairs * (tile * cb + cb * cb) * 4 + span * lp * 4,
+                 tf32_flops=3 * 2.0 * span * cb * cb * pairs)
+        if gram:
+            w.add(gram_part(span))
+    elif kind in (K.K_XTQ, K.K_Z):
+        ftiles, chunks = _cdiv(span, c["BD"]), _cdiv(n, c["BK"])
+        w = Work([("X^T Q: chunk", ftiles * chunks), ("X^T Q: feature tile", ftiles)],
+                 token_bytes=n * span * elt, l2_bytes=ftiles * n * lp * 4 + span * lp * 4 + span * 4,
+                 cuda_flops=ftiles * n * lp + 2.0 * span * lp, **x_product(span, n, lp, c["PARTS"]))
+        w.add(gram_part(span))
+    elif kind == K.K_XW:
+        tiles, chunks = _cdiv(span, c["BR"]), _cdiv(d, c["BK"])
+        w = Work([("X W: chunk", tiles * chunks), ("X W: row tile", tiles)],
+                 token_bytes=span * d * elt, l2_bytes=tiles * d * (lp + 1) * 4 + span * lp * 4,
+                 cuda_flops=tiles * 2.0 * d * lp + 2.0 * span * lp, **x_product(span, d, lp, 2))
+        w.add(gram_part(span))
+    elif kind == K.K_EIG:
+        rounds = sweeps * (lp - 1)
+        w = Work([("H: partial sums", pairs * shape["DG"]), ("Jacobi: round", rounds), ("Jacobi: sweep", sweeps)],
+                 # per round: H read 4x (rows, partner rows, partner columns, both) and written, V read 2x
+                 # and written; per sweep the off-diagonal mass (H read once)
+                 l2_bytes=shape["DG"] * pairs * cb * cb * 4 + 2 * lp * lp * 4 + rounds * 8 * lp * lp * 4
+                 + sweeps * lp * lp * 4,
+                 cuda_flops=rounds * (15.0 * lp * lp + 30.0 * lp) + sweeps * 3.0 * lp * lp)
+    elif kind == K.K_SIGMA:
+        kb = 32 if cb > 32 else cb
+        ftiles = _cdiv(span, c["BD"])
+        w = Work([("sigma: Z V chunk", nb * ftiles * (lp // kb)), ("sigma: feature tile", nb * ftiles)],
+                 l2_bytes=nb * span * lp * 4 + nb * ftiles * lp * cb * 4 + lp * 8,
+                 tf32_flops=3 * 2.0 * span * lp * lp, cuda_flops=2.0 * span * lp)
+    elif kind == K.K_BUDGET:
+        rb, bs, bdb = c["RB"], c["BS"], c["BD"]
+        w = Work([("budget: partial sums", shape["DG"]), ("budget: ranks", _cdiv(lp, rb)),
+                  ("budget: cumulative energy", _cdiv(lp, rb)), ("budget: padding chunk", _cdiv(m_out, bs) * _cdiv(d, bdb))],
+                 # padding: slots past the budget get zero rows; the model assumes budget = M (the
+                 # gather writes every slot), so no padding bytes
+                 l2_bytes=shape["DG"] * lp * 8 + 4 * lp * 4, cuda_flops=4.0 * lp * lp)
+    elif kind == K.K_LEV:
+        kb = 32 if cb > 32 else cb
+        tiles = _cdiv(span, c["BR"])
+        w = Work([("leverage: Q V chunk", tiles * nb * (lp // kb)), ("leverage: column block", tiles * nb)],
+                 l2_bytes=tiles * nb * (c["BR"] * lp + lp * cb) * 4 + span * 4,
+                 tf32_flops=3 * 2.0 * span * lp * lp, cuda_flops=2.0 * span * lp)
+    elif kind == K.K_SELECT:
+        bs = c["BS"]
+        iblocks, jblocks = _cdiv(span, bs), _cdiv(n, bs)
+        w = Work([("selection: rank count", iblocks * jblocks), ("selection: row block", iblocks)],
+                 l2_bytes=iblocks * n * 4 + 2 * span * 4, cuda_flops=4.0 * span * n)
+    elif kind == K.K_GATHER:
+        bs, bdg = c["BS"], c["BD"]
+        iblocks = _cdiv(span, bs)
+        share = kept / n  # the kept rows are spread over the groups (an average)
+        w = Work([("gather: kept counts", shape["NG"] - 1), ("gather: row block", iblocks),
+                  ("gather: row chunk", iblocks * _cdiv(d, bdg))],
+                 token_bytes=share * span * d * elt, out_bytes=share * span * d * elt + share * span * 9,
+                 l2_bytes=span * 4)
+    else:
+        raise LookupError(f"cost_model: unknown stage kind {kind}")
+    return w
 
 
-def stage_time(stage: Stage, loops: dict, warps: int, batch: int, tokens_fit_l2: bool) -> dict:
-    """Seconds the stage takes for the whole batch, and the bound that sets it.
-
-    The batch runs ``batch * stage.programs`` programs side by side on min(that, 132) SMs. The stage
-    takes the largest of: the serial time of one program's share of the iterations (SASS cycles per
-    iteration; a second wave when the programs outnumber the SMs), the batch's HBM bytes over 4.8 TB/s,
-    its L2 bytes over the L2 bandwidth, its tensor-core and CUDA-core FLOPs over the rate of the SMs it
-    can use. Token passes after the first one of a call come from the L2 when the batch's tokens fit
-    it (50 MB), from HBM otherwise.
-    """
-    programs = batch * stage.programs
-    sms = min(H200["sms"], programs)
-    waves = math.ceil(programs / H200["sms"])
-    latency = H200["hbm_latency"] if stage.global_latency == "hbm" else H200["l2_latency"]
-    token_bytes_in_l2 = stage.hbm_bytes if (tokens_fit_l2 and not stage.first_pass) else 0.0
-    hbm = batch * (stage.hbm_bytes - token_bytes_in_l2)
-    l2 = batch * (stage.l2_bytes + token_bytes_in_l2)
-    if token_bytes_in_l2 and stage.global_latency == "hbm":
-        latency = H200["l2_latency"]
-    terms = {}
-    if stage.loop is not None:
-        per_iter, within = iteration_cycles(loops[stage.loop], warps, latency)
-        terms[f"serial ({within})"] = waves * stage.iterations / stage.programs * per_iter / H200["clock_hz"]
-    terms["HBM"] = hbm / H200["hbm_bytes_per_s"]
-    terms["L2"] = l2 / H200["l2_bytes_per_s"]
-    used = sms / H200["sms"]
-    terms["tensor cores"] = batch * (stage.tc16_flops / H200["tc16_flops_per_s"]
-                                     + stage.tf32_flops / H200["tf32_flops_per_s"]) / used
-    terms["CUDA cores"] = batch * stage.cuda_flops / H200["fp32_flops_per_s"] / used
-    bound = max(terms, key=terms.get)
-    return dict(stage=stage.name, seconds=terms[bound], bound=bound, hbm_bytes=hbm / batch, l2_bytes=l2 / batch,
-                tc16_flops=stage.tc16_flops, tf32_flops=stage.tf32_flops, cuda_flops=stage.cuda_flops,
-                serial_steps=stage.iterations / stage.programs, programs=stage.programs, note=stage.note)
+# ---- the compiled variant -----------------------------------------------------------------------------
 
 
-def analyse_variant(dtype: str, lp: int) -> tuple[dict, int]:
-    """(named loop counts, warps) of the compiled variant's SASS."""
-    compiled, config = aot.compile_variant(dtype=dtype, lp=lp)
-    text = aot.sass(compiled.asm["cubin"])
-    source = "/".join(Path(inspect.getsourcefile(kernel_module)).resolve().parts[-3:])
-    return attribute_loops(innermost_loops(parse_sass(text, source))), config["num_warps"]
+@dataclasses.dataclass
+class Variant:
+    dtype: str
+    lp: int
+    warps: int
+    blocks_per_sm: int
+    occupancy_limit: str
+    usage: dict  # ptxas: registers, stack, spill bytes
+    shared: int
+    sections: list
+    loops: dict = dataclasses.field(default_factory=dict)  # (section function, constexprs, loop) -> counts
+    overhead_cycles: float = 0.0  # the scheduler's SASS outside its poll loops, per task
+
+
+def analyse_variant(dtype: str, lp: int) -> Variant:
+    """Compiles the variant (the launcher's settings), its occupancy and its SASS functions.
+
+    In a fresh triton cache: triton keys its cache by the functions' source text, so a build cached
+    before lines were added above a function would carry stale line numbers (and break the markers)."""
+    previous = os.environ.get("TRITON_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="cost_model_triton_cache_") as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache
+        try:
+            compiled, config = aot.compile_variant(dtype=dtype, lp=lp)
+        finally:
+            if previous is None:
+                os.environ.pop("TRITON_CACHE_DIR", None)
+            else:
+                os.environ["TRITON_CACHE_DIR"] = previous
+    usage = aot.ptxas_usage(compiled.asm["ptx"])
+    shared = int(compiled.metadata.shared)
+    blocks, limit = aot.occupancy(usage["registers"], shared, config["num_warps"])
+    sections = parse_sections(aot.sass(compiled.asm["cubin"]))
+    var = Variant(dtype, lp, config["num_warps"], blocks, limit, usage, shared, sections)
+    main = [s for s in sections if s.function == "_eadaprune_kernel"]
+    if len(main) != 1:
+        raise LookupError("cost_model: the scheduler's SASS function (_eadaprune_kernel) is not in the SASS")
+    poll = attribute_loop(main[0], "scheduler: poll")
+    rest = section_rest(main[0], [poll])
+    var.overhead_cycles = (iteration_cycles(rest, var.warps, 0)[0] + H200["ticket_cycles"])
+    var.loops[("_eadaprune_kernel", "", "scheduler: poll")] = poll
+    return var
+
+
+def loop_info(var: Variant, sec: Section, name: str) -> dict:
+    key = (sec.function, json.dumps(sec.constexprs.get("PARTS")), name)
+    if key not in var.loops:
+        var.loops[key] = attribute_loop(sec, name)
+    return var.loops[key]
+
+
+def task_cycles(var: Variant, sec: Section, work: Work, token_latency: int) -> tuple[float, float, str]:
+    """(cycles, serial steps, the term bounding the loop that takes longest) of one task alone on an SM."""
+    named, loops, seen = [], [], set()
+    for name, trips in work.loops:  # a SASS loop named twice (imprecise line records) counts once
+        info = loop_info(var, sec, name)
+        if id(info["_loop"]) not in seen:
+            seen.add(id(info["_loop"]))
+            named.append(info)
+            loops.append((name, trips))
+    total, steps, worst, worst_name = 0.0, 0.0, -1.0, "issue"
+    for (name, trips), info in zip(loops, named):
+        reads_tokens = name.split(":")[0] in ("stats", "X W", "X^T Q", "gather")
+        latency = token_latency if reads_tokens else H200["l2_latency"]
+        per_iter, within = iteration_cycles(info, var.warps, latency)
+        iters = math.ceil(trips / info["unroll"])
+        total += iters * per_iter
+        steps += iters
+        if iters * per_iter > worst:
+            worst, worst_name = iters * per_iter, within
+    rest = section_rest(sec, named)
+    total += iteration_cycles(rest, var.warps, 0)[0]
+    return total, steps, worst_name
+
+
+def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps: float) -> list[dict]:
+    """One row per stage of the call (launch_plan's stages and task counts)."""
+    import torch
+
+    tdtype = aot.TORCH_DTYPES[var.dtype]
+    elt = torch.empty((), dtype=tdtype).element_size()
+    s = K.kernel_settings(tdtype, l)
+    plan = K.launch_plan(batch=batch, n=n, d=d, settings=s, ragged=False, power_iters=q, leverage=True, select=True)
+    m_out = min(l, n)  # max_tokens defaults to l (contract.PipelineConfig)
+    shape = dict(n=n, d=d, elt=elt, kept=m_out, m=m_out, NG=plan["NG"], DG=plan["DG"])
+    tokens_fit_l2 = batch * n * d * elt <= H200["l2_bytes"]
+    token_passes = 0
+    rows = []
+    for (kind, side, gram), count in zip(plan["stages"], plan["counts"]):
+        fn, filt = SECTIONS[kind]
+        sec = find_section(var.sections, fn, filt)
+        # the tasks of ONE image (the call-wide stage: all its tasks, shared by the batch)
+        if kind == K.K_GLOBAL:
+            spans = [None] * count
+        elif count == batch:  # one task per image
+            spans = [None]
+        elif side == 0:
+            spans = [min(plan["GR"], n - g * plan["GR"]) for g in range(plan["NG"])]
+        else:
+            spans = [min(plan["GD"], d - g * plan["GD"]) for g in range(plan["DG"])]
+        works = [task_work(kind, side, gram, sp, shape, s, sec, sweeps) for sp in spans]
+        image = Work()
+        for w in works:
+            image.add(dataclasses.replace(w, loops=[]))
+        if kind == K.K_GLOBAL:  # per call; shown per image
+            image = Work(l2_bytes=image.l2_bytes / batch, cuda_flops=image.cuda_flops / batch)
+        reads_tokens = image.token_bytes > 0 and kind != K.K_GATHER
+        from_l2 = tokens_fit_l2 and token_passes > 0
+        token_latency = H200["l2_latency"] if from_l2 else H200["hbm_latency"]
+        # the largest task sets the serial time
+        per_task = [task_cycles(var, sec, w, token_latency) for w in works]
+        cycles, steps, within = max(per_task, key=lambda t: t[0])
+        tasks = count
+        concurrent = min(tasks, H200["sms"] * var.blocks_per_sm)
+        waves = math.ceil(tasks / concurrent)
+        sms = min(H200["sms"], math.ceil(concurrent / var.blocks_per_sm))
+        used = sms / H200["sms"]
+        hbm = image.token_bytes * (0 if from_l2 else 1) + image.out_bytes
+        l2 = image.l2_bytes + image.token_rereads + (image.token_bytes if from_l2 else 0)
+        if reads_tokens:
+            token_passes += 1
+        terms = {
+            f"serial ({within})": waves * (cycles + var.overhead_cycles) / H200["clock_hz"],
+            "HBM": batch * hbm / (H200["hbm_bytes_per_s"] * used),
+            "L2": batch * l2 / (H200["l2_bytes_per_s"] * used),
+            "tensor cores": batch * (image.tc16_flops / H200["tc16_flops_per_s"]
+                                     + image.tf32_flops / H200["tf32_flops_per_s"]) / used,
+            "CUDA cores": batch * image.cuda_flops / H200["fp32_flops_per_s"] / used,
+        }
+        bound = max(terms, key=terms.get)
+        seconds = terms[bound] + H200["handoff_cycles"] / H200["clock_hz"]
+        rows.append(dict(stage=K.STAGE_KINDS[kind] + ("" if kind in (K.K_GLOBAL,) else
+                                                        f" ({'rows' if side == 0 else 'features'})"
+                                                        if kind in (K.K_CHOL, K.K_APPLY) else ""),
+                         kind=kind, side=side, gram=gram, tasks=tasks, waves=waves, sms=sms, seconds=seconds,
+                         bound=bound, task_us=cycles / H200["clock_hz"] * 1e6, serial_steps=waves * steps,
+                         hbm_bytes=hbm, l2_bytes=l2, token_bytes=image.token_bytes + image.token_rereads,
+                         tc16_flops=image.tc16_flops, tf32_flops=image.tf32_flops, cuda_flops=image.cuda_flops))
+    return rows
 
 
 def predict(dtype: str, n: int, d: int, l: int, q: int, batches=(1, 64), sweeps: float = 5.0,
-            analysed=None) -> dict:
-    """Per-stage rows and totals per batch for one variant (``analysed``: reuse a loop analysis)."""
-    import torch
-
-    elt = torch.empty((), dtype=aot.TORCH_DTYPES[dtype]).element_size()
-    settings = kernel_module.kernel_settings(aot.TORCH_DTYPES[dtype], l)
-    loops, warps = analysed or analyse_variant(dtype, settings["LP"])
-    stages = present_stages(n, d, l, q, elt, settings, sweeps, kept=l)
-    out = dict(dtype=dtype, n=n, d=d, l=l, q=q, lp=settings["LP"], warps=warps, sweeps=sweeps, loops=loops,
-               batches={})
+            analysed: Variant | None = None) -> dict:
+    """Per-stage rows and totals per batch for one variant (``analysed``: reuse a compiled variant)."""
+    settings = K.kernel_settings(aot.TORCH_DTYPES[dtype], l)
+    var = analysed or analyse_variant(dtype, settings["LP"])
+    out = dict(dtype=dtype, n=n, d=d, l=l, q=q, lp=settings["LP"], warps=var.warps, sweeps=sweeps,
+               blocks_per_sm=var.blocks_per_sm, occupancy_limit=var.occupancy_limit, usage=var.usage,
+               shared=var.shared, overhead_cycles=var.overhead_cycles, batches={}, variant=var)
     for batch in batches:
-        fits = batch * n * d * elt <= H200["l2_bytes"]
-        rows = [stage_time(s, loops, warps, batch, fits) for s in stages]
+        rows = stage_rows(var, n, d, l, q, batch, sweeps)
         per_call = sum(r["seconds"] for r in rows)
         out["batches"][batch] = dict(rows=rows, seconds_per_call=per_call, seconds_per_image=per_call / batch)
     return out
@@ -424,18 +758,17 @@ def predict(dtype: str, n: int, d: int, l: int, q: int, batches=(1, 64), sweeps:
 
 # ---- report ------------------------------------------------------------------------------------------
 
+_SUMS = ("seconds", "hbm_bytes", "l2_bytes", "tc16_flops", "tf32_flops", "cuda_flops", "serial_steps")
+
 
 def _group(rows: list[dict]) -> list[dict]:
-    """Rows of the same kind (e.g. the 15 Cholesky factorisations) summed into one line."""
+    """Stages of the same kind and side (e.g. the 7 Cholesky factorisations) summed into one line."""
     groups = collections.OrderedDict()
     for r in rows:
-        key = re.sub(r" \(\d+\)| \d+$", "", r["stage"]).replace("orth(W)", "orth(W)").strip()
-        key = re.sub(r"orth\((Y|Q)\)", "orth(Q)", key)
-        g = groups.setdefault(key, dict(stage=key, count=0, seconds=0.0, hbm_bytes=0.0, l2_bytes=0.0,
-                                        tc16_flops=0.0, tf32_flops=0.0, cuda_flops=0.0, serial_steps=0.0,
-                                        bounds=collections.Counter()))
+        g = groups.setdefault(r["stage"], dict(stage=r["stage"], count=0, tasks=r["tasks"], waves=r["waves"],
+                                               bounds=collections.Counter(), **dict.fromkeys(_SUMS, 0.0)))
         g["count"] += 1
-        for k in ("seconds", "hbm_bytes", "l2_bytes", "tc16_flops", "tf32_flops", "cuda_flops", "serial_steps"):
+        for k in _SUMS:
             g[k] += r[k]
         g["bounds"][r["bound"]] += r["seconds"]
     for g in groups.values():
@@ -444,35 +777,47 @@ def _group(rows: list[dict]) -> list[dict]:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = []
+    lines = ["**A prediction from ptxas and the SASS (tools/cost_model.py), not a measurement: no GPU ran it.** "
+             "Stage times add up (an upper estimate: the kernel overlaps the stages of different images).", ""]
     for res in results:
-        lines.append(f"### {res['dtype']}, N={res['n']}, D={res['d']}, l={res['l']} (LP={res['lp']}), q={res['q']}, "
-                     f"{res['warps']} warps, Jacobi {res['sweeps']:g} sweeps")
+        u = res["usage"]
+        lines.append(f"### {res['dtype']}, N={res['n']}, D={res['d']}, l={res['l']} (LP={res['lp']}), q={res['q']}: "
+                     f"{res['warps']} warps, {u['registers']} registers, {u['spill_stores']} B spill stores, "
+                     f"{res['shared'] // 1024} KB shared, {res['blocks_per_sm']} block(s) per SM "
+                     f"({res['occupancy_limit']}), Jacobi {res['sweeps']:g} sweeps assumed")
         lines.append("")
         for batch, b in res["batches"].items():
             lines.append(f"B={batch}: **{b['seconds_per_call'] * 1e6:.0f} us per call, "
                          f"{b['seconds_per_image'] * 1e6:.2f} us per image** (predicted)")
             lines.append("")
-            lines.append("| stage (per image) | x | HBM MB | L2 MB | TC GFLOP (16-bit / tf32) | CUDA GFLOP | serial steps | "
-                         "us per call | bound |")
-            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+            lines.append("| stage | x | tasks (waves) | HBM MB / image | L2 MB / image | TC GFLOP / image (16-bit / tf32) | "
+                         "CUDA GFLOP / image | serial steps | us per call | share | bound |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
             for g in _group(b["rows"]):
                 lines.append(
-                    f"| {g['stage']} | {g['count']} | {g['hbm_bytes'] / 1e6:.2f} | {g['l2_bytes'] / 1e6:.2f} | "
-                    f"{g['tc16_flops'] / 1e9:.3f} / {g['tf32_flops'] / 1e9:.3f} | {g['cuda_flops'] / 1e9:.3f} | "
-                    f"{g['serial_steps']:.0f} | {g['seconds'] * 1e6:.1f} | {g['bound']} |")
+                    f"| {g['stage']} | {g['count']} | {g['tasks']} ({g['waves']}) | {g['hbm_bytes'] / 1e6:.2f} | "
+                    f"{g['l2_bytes'] / 1e6:.2f} | {g['tc16_flops'] / 1e9:.3f} / {g['tf32_flops'] / 1e9:.3f} | "
+                    f"{g['cuda_flops'] / 1e9:.3f} | {g['serial_steps']:.0f} | {g['seconds'] * 1e6:.1f} | "
+                    f"{100 * g['seconds'] / b['seconds_per_call']:.0f}% | {g['bound']} |")
+            tot = {k: sum(r[k] for r in b["rows"]) for k in _SUMS}
+            lines.append(f"| **total** | {len(b['rows'])} | | {tot['hbm_bytes'] / 1e6:.2f} | {tot['l2_bytes'] / 1e6:.2f} | "
+                         f"{tot['tc16_flops'] / 1e9:.3f} / {tot['tf32_flops'] / 1e9:.3f} | {tot['cuda_flops'] / 1e9:.3f} | "
+                         f"{tot['serial_steps']:.0f} | **{b['seconds_per_call'] * 1e6:.1f}** | | |")
             lines.append("")
-        lines.append("SASS loops (per iteration, per warp; the largest inlined copy):")
+        lines.append(f"SASS loops (per iteration, per warp; own body, without nested loops). Per task also: the "
+                     f"scheduler's {res['overhead_cycles']:.0f} cycles, a hand-off of {H200['handoff_cycles']} cycles "
+                     f"per stage.")
         lines.append("")
-        lines.append("| loop | copies | instructions | shared B | barriers | shuffles | MUFU | spill B | tensor FLOP | "
-                     "cycles / iteration | bound |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-        for name, c in res["loops"].items():
+        lines.append("| task function | loop | copies | unroll | instructions | shared B | barriers | shuffles | MUFU | "
+                     "spill B | global loads | tensor FLOP | cycles / iteration (L2 latency) | bound |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for (fn, parts, name), c in res["variant"].loops.items():
             cycles, within = iteration_cycles(c, res["warps"], H200["l2_latency"])
-            lines.append(f"| {name} | {c.get('copies', 1)} | {c.get('instructions', 0)} | {c.get('smem_bytes', 0)} | "
-                         f"{c.get('barriers', 0)} | {c.get('shuffles', 0)} | {c.get('mufu', 0)} | "
-                         f"{c.get('local_bytes', 0)} | {c.get('tc16_flops', 0) + c.get('tf32_flops', 0):.0f} | "
-                         f"{cycles:.0f} | {within} |")
+            fname = fn + (f" (PARTS={parts})" if parts != "null" and parts else "")
+            lines.append(f"| {fname} | {name} | {c.get('copies', 1)} | {c.get('unroll', 1)} | {c.get('instructions', 0)} | "
+                         f"{c.get('smem_bytes', 0)} | {c.get('barriers', 0)} | {c.get('shuffles', 0)} | {c.get('mufu', 0)} | "
+                         f"{c.get('local_bytes', 0)} | {c.get('global_loads', 0)} | "
+                         f"{c.get('tc16_flops', 0) + c.get('tf32_flops', 0):.0f} | {cycles:.0f} | {within} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -491,16 +836,16 @@ def main(argv=None) -> int:
     ap.add_argument("--sweeps", type=float, default=5.0, help="Jacobi sweeps assumed (the issue saw 2.5-5.5)")
     ap.add_argument("--json", action="store_true", help="JSON lines instead of markdown")
     args = ap.parse_args(argv)
-    settings = kernel_module.kernel_settings(aot.TORCH_DTYPES[args.dtype], args.l)
+    settings = K.kernel_settings(aot.TORCH_DTYPES[args.dtype], args.l)
     analysed = analyse_variant(args.dtype, settings["LP"])
     results = [predict(args.dtype, args.n, d, args.l, args.q, args.batches, args.sweeps, analysed) for d in args.d]
     if args.json:
         for res in results:
+            head = dict(prediction=True, dtype=res["dtype"], n=res["n"], d=res["d"], l=res["l"], q=res["q"])
             for batch, b in res["batches"].items():
                 for row in b["rows"]:
-                    print(json.dumps(dict(dtype=res["dtype"], n=res["n"], d=res["d"], l=res["l"], batch=batch, **row)))
-                print(json.dumps(dict(dtype=res["dtype"], n=res["n"], d=res["d"], l=res["l"], batch=batch,
-                                      total_us_per_call=b["seconds_per_call"] * 1e6,
+                    print(json.dumps(dict(head, batch=batch, **row)))
+                print(json.dumps(dict(head, batch=batch, total_us_per_call=b["seconds_per_call"] * 1e6,
                                       total_us_per_image=b["seconds_per_image"] * 1e6)))
     else:
         print(markdown(results))

@@ -49,7 +49,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["install_bf16_dot_fix", "emulate_sm90_dot", "sm90_dot", "truncate_to_tf32", "round_to_tf32",
+__all__ = ["install_bf16_dot_fix", "install_device_call_fast_path", "emulate_sm90_dot", "sm90_dot", "truncate_to_tf32", "round_to_tf32",
            "round_fp32_to_bf16_bits"]
 
 _TF32_DROPPED_BITS = 13
@@ -147,6 +147,58 @@ def install_bf16_dot_fix() -> None:
 
     create_dot.decodes_bf16 = True
     cls.create_dot = create_dot
+
+
+def _language_modules(fn) -> frozenset:
+    """The triton.language modules a function's globals hold (what the interpreter patches for it)."""
+    import triton.language as tl
+
+    return frozenset(id(v) for v in fn.__globals__.values() if v is tl or v is tl.core)
+
+
+def install_device_call_fast_path() -> None:
+    """Makes the interpreter's device-function calls skip re-patching triton.language (idempotent).
+
+    The interpreter patches ``triton.language`` when a launch starts (and restores it when it ends),
+    then again on EVERY call of a jitted device function: an ``inspect.getmembers`` over the language
+    modules each time, a third of the time of the fused kernel's many small tasks. Inside a launch the
+    modules are already patched, identically: the re-patch is skipped when the device function sees no
+    language module that the launch (or an earlier device call of it) has not patched. Nothing else changes (the function is run as the
+    interpreter runs it: rewritten, errors wrapped in InterpreterError).
+    """
+    from triton.runtime import interpreter
+
+    executor, function = interpreter.GridExecutor, interpreter.InterpretedFunction
+    if getattr(function.__call__, "skips_repatching", False):
+        return
+    launch_call, device_call = executor.__call__, function.__call__
+    patched: list[set] = []  # the language modules patched by the launches in progress (innermost last)
+
+    @functools.wraps(launch_call)
+    def launch(self, *args, **kwargs):
+        patched.append(set(_language_modules(self.fn)))
+        try:
+            return launch_call(self, *args, **kwargs)
+        finally:
+            patched.pop()
+
+    @functools.wraps(device_call)
+    def call(self, *args, **kwargs):
+        if not patched:
+            return device_call(self, *args, **kwargs)
+        modules = _language_modules(self.fn)
+        if not modules <= patched[-1]:  # e.g. tl.sum, whose module holds tl.core: patched by this call,
+            patched[-1] |= modules  # and the interpreter never undoes a device call's patches
+            return device_call(self, *args, **kwargs)
+        fn = self.rewrite()
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise interpreter.InterpreterError(repr(e)) from e
+
+    call.skips_repatching = True
+    executor.__call__ = launch
+    function.__call__ = call
 
 
 def round_fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:

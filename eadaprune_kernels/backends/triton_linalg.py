@@ -1,0 +1,312 @@
+"""The l x l work of the fused Triton kernel: Gram partials, the shifted Cholesky inverse, Jacobi and the
+budget, all on [LP, LP] fp32 matrices in global scratch (L2), one tile at a time.
+
+No routine holds an [LP, LP] matrix in registers: LP = 256 is 256 KB, more than a block's registers or
+shared memory. Matrices are row-major [LP, LP] fp32 in scratch; blocks are CB x CB with CB = min(LP, 64);
+Jacobi works on row panels of PB rows. Every load of scratch that another program (or another thread
+of this one) wrote uses ``cache_modifier=".cg"`` (L2, not a possibly stale L1 line); stores and loads
+inside one program are separated by ``tl.debug_barrier()``.
+
+Numerics (why these choices):
+* Shifted CholeskyQR: each pass factors G + s I, s = CHOL_SHIFT * max diag G, pivots floored at s.
+  The shift keeps the fp32 Cholesky defined for rank-deficient inputs (rank < l whenever l = N, since
+  centring removes one rank, and for low-rank images) and makes Q = Y L^-T an exact contraction
+  (Q^T Q = I - s L^-1 L^-T <= I), so sigma_j(Q^T X_c) <= sigma_j(X_c) still holds. One pass leaves
+  cond(Q) <~ s^-1/2 = 1e3 (enough for an intermediate basis, whose span is all that matters); the
+  final basis takes three passes (working precision).
+* Blocked right-looking Cholesky: CB x CB diagonal blocks factor in registers by CB rank-1 steps that
+  read the pivot column with a masked reduction (no gather of the whole block); panels and trailing
+  updates are tensor-core products (3xTF32); M = L^-1 is then formed by block substitution.
+* Jacobi: two-sided, the parallel XOR ordering (round m pairs index i with i XOR m: a perfect matching;
+  over a sweep every pair meets once), both indices of a pair use the angle computed from the lower
+  one's row (J stays orthogonal); H' = J^T H J and V' = V J row panel by row panel into a second buffer.
+  sigma_j = ||Z v_j|| afterwards (not sqrt(eig_j): an fp32 Gram's eigenvalues carry an absolute error
+  u sigma_1^2, a sqrt(u) sigma_1 ~ 2.4e-4 sigma_1 floor under small singular values).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Shift of the CholeskyQR passes, relative to the largest diagonal entry of the Gram matrix. Each pass
+# makes the columns contract by lambda / (lambda + shift): the passes of one orthonormalisation
+# under-estimate a dominant singular value by at most ~1.5e-6 relative (the lower-bound guarantee of
+# the sketch is kept: Q is always a contraction), and directions weaker than ~1e-3 of the strongest
+# are normalised by the later passes.
+CHOL_SHIFT = tl.constexpr(1e-6)
+# Smallest pivot: keeps an all-zero Gram (zero image, padded columns) finite: its Q columns stay 0.
+PIVOT_FLOOR = tl.constexpr(1e-30)
+FP32_UNIT_ROUNDOFF = tl.constexpr(2.0**-24)
+
+
+@triton.jit
+def count_done(done):
+    """The task is done: every thread's stores come first (barrier), then one release increment of its
+    stage's counter (the waiting side acquires it)."""
+    tl.debug_barrier()
+    tl.atomic_add(done, 1, sem="release")
+
+
+@triton.jit
+def _load_block(mat, bi, bj, LP: tl.constexpr, CB: tl.constexpr):
+    """Block (bi, bj) [CB, CB] of the row-major [LP, LP] fp32 matrix ``mat``."""
+    o = tl.arange(0, CB)
+    return tl.load(mat + (bi * CB + o)[:, None] * LP + bj * CB + o[None, :], cache_modifier=".cg")
+
+
+@triton.jit
+def _store_block(mat, bi, bj, val, LP: tl.constexpr, CB: tl.constexpr):
+    o = tl.arange(0, CB)
+    tl.store(mat + (bi * CB + o)[:, None] * LP + bj * CB + o[None, :], val)
+
+
+@triton.jit
+def gram_partial(ws, row0, row1, part, LP: tl.constexpr, CB: tl.constexpr, BR: tl.constexpr,
+                 SPREC: tl.constexpr):
+    """Lower blocks of part [LP, LP] = Y^T Y for rows [row0, row1) of the contiguous fp32 ws [*, LP],
+    BR rows at a time."""
+    NB: tl.constexpr = LP // CB
+    o_r = tl.arange(0, BR)
+    o_c = tl.arange(0, CB)
+    tl.debug_barrier()  # the rows were just written by this program
+    for i in range(NB):
+        for j in range(i + 1):
+            acc = tl.zeros([CB, CB], dtype=tl.float32)
+            for r0 in range(row0, row1, BR):
+                rows = r0 + o_r
+                m = (rows < row1)[:, None]
+                y_i = tl.load(ws + rows[:, None] * LP + i * CB + o_c[None, :], mask=m, other=0.0,
+                              cache_modifier=".cg")  # [BR, CB]
+                if i == j:
+                    y_j = y_i
+                else:
+                    y_j = tl.load(ws + rows[:, None] * LP + j * CB + o_c[None, :], mask=m, other=0.0,
+                                  cache_modifier=".cg")
+                acc = tl.dot(tl.trans(y_i), y_j, acc, input_precision=SPREC)
+            _store_block(part, i, j, acc, LP, CB)
+
+
+@triton.jit
+def _chol_small(A, shift, CB: tl.constexpr):
+    """M = L^-1 with L L^T = A + shift I (pivots floored at shift), A [CB, CB] in registers.
+
+    Right-looking: step j reads column j of the trailing matrix with a masked reduction, divides it by
+    the pivot and subtracts its outer product; M is built alongside as L_j^-1 ... L_0^-1 I.
+    """
+    o = tl.arange(0, CB)
+    o_r = o[:, None]
+    o_c = o[None, :]
+    M = tl.where(o_r == o_c, 1.0, 0.0)
+    for j in range(CB):
+        col = tl.sum(tl.where(o_c == j, A, 0.0), 1)  # [CB] = A[:, j]
+        piv = tl.sum(tl.where(o == j, col, 0.0), 0)
+        d = tl.sqrt(tl.maximum(piv + shift, shift))
+        low = tl.where(o > j, col / d, 0.0)  # the Cholesky column below the pivot
+        A = A - low[:, None] * low[None, :]
+        row = tl.sum(tl.where(o_r == j, M, 0.0), 0) / d  # [CB] = new M[j, :]
+        M = tl.where(o_r == j, row[None, :], M - low[:, None] * row[None, :])
+    return M
+
+
+@triton.jit(noinline=True)
+def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, CB: tl.constexpr, SPREC: tl.constexpr):
+    """mmat = L^-1 (lower, [LP, LP]) with L L^T = G + s I, G = the sum of the ``nparts`` partial Grams
+    (lower blocks, [LP, LP] each, consecutive from ``part``), s = CHOL_SHIFT * max diag G (at least
+    PIVOT_FLOOR). ``amat`` is the work matrix (it ends holding L's off-diagonal blocks). A task: counts
+    ``done`` when finished.
+
+    Blocked right-looking: factor the diagonal block in registers (_chol_small gives its inverse
+    M_kk directly), panel L_ik = A_ik M_kk^T, trailing update A_ij -= L_ik L_jk^T; then
+    M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. Partials are summed in a fixed order (deterministic).
+    """
+    NB: tl.constexpr = LP // CB
+    o = tl.arange(0, CB)
+    dmax = tl.zeros([CB], dtype=tl.float32)
+    for i in range(NB):
+        for j in range(i + 1):
+            acc = tl.zeros([CB, CB], dtype=tl.float32)
+            for p in range(nparts):
+                acc += _load_block(part + p * LP * LP, i, j, LP, CB)
+            _store_block(amat, i, j, acc, LP, CB)
+            if i == j:
+                dmax = tl.maximum(dmax, tl.sum(tl.where(o[:, None] == o[None, :], acc, 0.0), 1))
+    shift = tl.maximum(tl.max(dmax, 0) * CHOL_SHIFT, PIVOT_FLOOR)
+    tl.debug_barrier()
+    for k in range(NB):
+        m_kk = _chol_small(_load_block(amat, k, k, LP, CB), shift, CB)
+        _store_block(mmat, k, k, m_kk, LP, CB)
+        for i in range(k + 1, NB):
+            l_ik = tl.dot(_load_block(amat, i, k, LP, CB), tl.trans(m_kk), input_precision=SPREC)
+            tl.debug_barrier()
+            _store_block(amat, i, k, l_ik, LP, CB)  # L_ik replaces A_ik
+        tl.debug_barrier()
+        for i in range(k + 1, NB):
+            l_ik = _load_block(amat, i, k, LP, CB)
+            for j in range(k + 1, i + 1):
+                l_jk = _load_block(amat, j, k, LP, CB)
+                a_ij = _load_block(amat, i, j, LP, CB) - tl.dot(l_ik, tl.trans(l_jk), input_precision=SPREC)
+                _store_block(amat, i, j, a_ij, LP, CB)
+        tl.debug_barrier()
+    for i in range(1, NB):
+        m_ii = _load_block(mmat, i, i, LP, CB)
+        for j in range(i):
+            acc = tl.zeros([CB, CB], dtype=tl.float32)
+            for k in range(j, i):
+                acc = tl.dot(_load_block(amat, i, k, LP, CB), _load_block(mmat, k, j, LP, CB), acc,
+                             input_precision=SPREC)
+            _store_block(mmat, i, j, -tl.dot(m_ii, acc, input_precision=SPREC), LP, CB)
+        tl.debug_barrier()
+    for i in range(NB):
+        for j in range(i + 1, NB):
+            _store_block(mmat, i, j, tl.zeros([CB, CB], dtype=tl.float32), LP, CB)
+    count_done(done)
+
+
+@triton.jit
+def apply_inverse_transpose(ws, row0, row1, mmat, LP: tl.constexpr, CB: tl.constexpr, BR: tl.constexpr,
+                            SPREC: tl.constexpr):
+    """ws[rows] <- ws[rows] M^T for rows [row0, row1) (M lower triangular: column block jb of the
+    result needs column blocks kb <= jb of ws, so jb runs downwards and the update is in place)."""
+    NB: tl.constexpr = LP // CB
+    o_r = tl.arange(0, BR)
+    o_c = tl.arange(0, CB)
+    for r0 in range(row0, row1, BR):
+        rows = r0 + o_r
+        m = (rows < row1)[:, None]
+        for jj in range(NB):
+            jb = NB - 1 - jj
+            acc = tl.zeros([BR, CB], dtype=tl.float32)
+            for kb in range(jb + 1):
+                y = tl.load(ws + rows[:, None] * LP + kb * CB + o_c[None, :], mask=m, other=0.0,
+                            cache_modifier=".cg")
+                acc = tl.dot(y, tl.trans(_load_block(mmat, jb, kb, LP, CB)), acc, input_precision=SPREC)
+            tl.debug_barrier()
+            tl.store(ws + rows[:, None] * LP + jb * CB + o_c[None, :], acc, mask=m)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _pair_angles(h, idx, m, LP: tl.constexpr):
+    """(c, s) of the Jacobi rotation that index ``idx`` belongs to in round m (partner idx XOR m):
+    the angle of the pair (lo, hi) from H[lo, hi], H[lo, lo], H[hi, hi]; s is the coefficient of the
+    partner row / column (-t c for the lower index, t c for the upper)."""
+    partner = idx ^ m
+    lo = tl.minimum(idx, partner)
+    hi = tl.maximum(idx, partner)
+    a_ll = tl.load(h + lo * LP + lo, cache_modifier=".cg")
+    a_hh = tl.load(h + hi * LP + hi, cache_modifier=".cg")
+    a_lh = tl.load(h + lo * LP + hi, cache_modifier=".cg")
+    diff = a_hh - a_ll
+    sgn = tl.where(diff >= 0.0, 1.0, -1.0)
+    den = tl.abs(diff) + tl.sqrt(diff * diff + 4.0 * a_lh * a_lh)
+    t = tl.where(den > 0.0, sgn * 2.0 * a_lh / tl.where(den > 0.0, den, 1.0), 0.0)
+    c = 1.0 / tl.sqrt(1.0 + t * t)
+    s = tl.where(idx < partner, -t * c, t * c)
+    return c, s
+
+
+@triton.jit
+def _off_diagonal(h, LP: tl.constexpr, PB: tl.constexpr):
+    """(sum of squared off-diagonal entries, sum of all squared entries) of h [LP, LP]."""
+    o = tl.arange(0, LP)
+    o_p = tl.arange(0, PB)
+    off = tl.zeros([PB], dtype=tl.float32)
+    full = tl.zeros([PB], dtype=tl.float32)
+    for r0 in range(0, LP, PB):
+        rows = r0 + o_p
+        b_h = tl.load(h + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+        sq = b_h * b_h
+        full += tl.sum(sq, 1)
+        off += tl.sum(tl.where(rows[:, None] == o[None, :], 0.0, sq), 1)
+    return tl.sum(off, 0), tl.sum(full, 0)
+
+
+@triton.jit
+def jacobi_eigenvectors(h0, h1, v0, v1, vout, LP: tl.constexpr, PB: tl.constexpr, MAX_SWEEPS: tl.constexpr):
+    """Eigenvectors (columns, into ``vout``) of the symmetric h0 [LP, LP]; h1, v0, v1 are work buffers
+    (h0 is overwritten). Parallel two-sided Jacobi (see the module docstring); stops when the squared
+    off-diagonal mass is below (2 LP u)^2 ||H||_F^2 or after MAX_SWEEPS sweeps."""
+    o = tl.arange(0, LP)
+    o_p = tl.arange(0, PB)
+    for r0 in range(0, LP, PB):
+        rows = r0 + o_p
+        tl.store(v0 + rows[:, None] * LP + o[None, :], tl.where(rows[:, None] == o[None, :], 1.0, 0.0))
+    tl.debug_barrier()
+    off, full = _off_diagonal(h0, LP, PB)
+    tol = (2.0 * LP * FP32_UNIT_ROUNDOFF) * (2.0 * LP * FP32_UNIT_ROUNDOFF) * full
+    hs = h0
+    hd = h1
+    vs = v0
+    vd = v1
+    sweep = 0
+    while (sweep < MAX_SWEEPS) & (off > tol):
+        for m in range(1, LP):
+            partner = o ^ m
+            c_c, s_c = _pair_angles(hs, o, m, LP)  # column coefficients [LP]
+            for r0 in range(0, LP, PB):
+                rows = r0 + o_p
+                prow = rows ^ m
+                if PB == LP:
+                    c_r = c_c
+                    s_r = s_c
+                else:
+                    c_r, s_r = _pair_angles(hs, rows, m, LP)  # row coefficients [PB]
+                h_rr = tl.load(hs + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+                h_pr = tl.load(hs + prow[:, None] * LP + o[None, :], cache_modifier=".cg")
+                h_rp = tl.load(hs + rows[:, None] * LP + partner[None, :], cache_modifier=".cg")
+                h_pp = tl.load(hs + prow[:, None] * LP + partner[None, :], cache_modifier=".cg")
+                rot = c_c[None, :] * (c_r[:, None] * h_rr + s_r[:, None] * h_pr) \
+                    + s_c[None, :] * (c_r[:, None] * h_rp + s_r[:, None] * h_pp)
+                tl.store(hd + rows[:, None] * LP + o[None, :], rot)
+                v_r = tl.load(vs + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+                v_p = tl.load(vs + rows[:, None] * LP + partner[None, :], cache_modifier=".cg")
+                tl.store(vd + rows[:, None] * LP + o[None, :], c_c[None, :] * v_r + s_c[None, :] * v_p)
+            tl.debug_barrier()
+            hs, hd = hd, hs
+            vs, vd = vd, vs
+        off, full = _off_diagonal(hs, LP, PB)
+        sweep += 1
+    for r0 in range(0, LP, PB):
+        rows = r0 + o_p
+        tl.store(vout + rows[:, None] * LP + o[None, :],
+                 tl.load(vs + rows[:, None] * LP + o[None, :], cache_modifier=".cg"))
+    tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
+def apply_task(ws, row0, row1, mmat, part, gram, done, LP: tl.constexpr, CB: tl.constexpr, BR: tl.constexpr,
+               BK: tl.constexpr, SPREC: tl.constexpr):
+    """One CholeskyQR pass on rows [row0, row1): ws <- ws L^-T, then (``gram`` != 0) the Gram partial
+    of the new rows for the next pass. A task: counts ``done``."""
+    apply_inverse_transpose(ws, row0, row1, mmat, LP, CB, BR, SPREC)
+    if gram != 0:
+        gram_partial(ws, row0, row1, part, LP, CB, BK, SPREC)
+    count_done(done)
+
+
+@triton.jit
+def _symmetric_sum(part, nparts, hmat, LP: tl.constexpr, CB: tl.constexpr):
+    """hmat [LP, LP] = the sum of the ``nparts`` partial Grams (lower blocks), both triangles."""
+    NB: tl.constexpr = LP // CB
+    o = tl.arange(0, CB)
+    for i in range(NB):
+        for j in range(i + 1):
+            acc = tl.zeros([CB, CB], dtype=tl.float32)
+            for p in range(nparts):
+                acc += _load_block(part + p * LP * LP, i, j, LP, CB)
+            _store_block(hmat, i, j, acc, LP, CB)
+            if i != j:
+                _store_block(hmat, j, i, tl.trans(acc), LP, CB)
+    tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
+def eigen_task(part, nparts, hmat, vmat, done, LP: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr,
+               MAX_SWEEPS: tl.constexpr):
+    """H = the sum of the ``nparts`` partial Grams Z^T Z into hmat, then its eigenvectors into vmat by
+    Jacobi (the first three partial slots are the work buffers). A task: counts ``done``."""
+    LL: tl.constexpr = LP * LP
+    _symmetric_sum(part, nparts, hmat, LP, CB)
+    jacobi_eigenvectors(hmat, part, part + LL, part + 2 * LL, vmat, LP, PB, MAX_SWEEPS)
+    count_done(done)

@@ -1,0 +1,700 @@
+"""The tasks of the fused Triton kernel that touch the tokens or one image's rows: the sketch, the
+statistics pass, the products with X, the spectrum's column norms, the budget, the leverage, the
+selection and the gather. The scheduler that runs them is ``triton_kernel._eadaprune_kernel``; the
+l x l work is in :mod:`eadaprune_kernels.backends.triton_linalg`.
+
+Every task works on one image: a group of row tiles (BR rows each) or of feature tiles (BD columns
+each), or the whole image for the per-image steps. Scratch written by one task and read by another
+goes through global memory (L2) and is read with ``cache_modifier=".cg"``.
+
+The products with X (see :func:`_dot_x`): float16 / bfloat16 tokens stay exact in their dtype and the
+fp32 operand is split into 16-bit parts, each rounded to nearest (two MMAs, ~2^-17 relative; three for
+Z = X_c^T Q, which gives the spectrum: ~2^-25); the mean enters as a rank-1 correction on the CUDA
+cores. float32 tokens (and float64 ones, scaled in fp64 and rounded) are centred in fp32 registers and
+multiplied in 3xTF32. Never plain TF32, which truncates fp32 operands on sm_90 (every sigma ~7e-4 low).
+The first product, Y = X Omega, is formed in the statistics pass before the mean and the scale are
+known: each tile is scaled by its own power of two (exact) and Y = Y~ * (s_tile / s) - 1 (mu^T Omega)
+is fixed afterwards (:func:`fix_sketch`), for every dtype.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_linalg import count_done, gram_partial
+
+
+@triton.jit
+def pow2_inverse_scale(amax, IS_F64: tl.constexpr):
+    """(1/s, s) with s a power of two, max|x|/s in [1, 2); clamped at the ends of the exponent range.
+
+    Read straight from the exponent bits, so s is exactly equivariant: X -> 2^m X gives s -> 2^m s.
+    A zero (or all-subnormal) image gets 1/s = 2^126 (2^1022 in fp64): its values become normal.
+    """
+    if IS_F64:
+        e = (amax.to(tl.int64, bitcast=True) >> 52) & 0x7FF
+        e = tl.minimum(tl.maximum(e, 1), 2045)
+        inv = ((2046 - e) << 52).to(tl.float64, bitcast=True)
+        scale = (e << 52).to(tl.float64, bitcast=True)
+    else:
+        e = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        e = tl.minimum(tl.maximum(e, 1), 253)
+        inv = ((254 - e) << 23).to(tl.float32, bitcast=True)
+        scale = (e << 23).to(tl.float32, bitcast=True)
+    return inv, scale
+
+
+@triton.jit
+def _round_to_bf16(v):
+    """fp32 v rounded to the nearest bfloat16 (ties to even), still as fp32 (finite v).
+
+    Done on the bits so that the result is the same on the GPU and in the interpreter, whose
+    fp32 -> bf16 cast truncates (triton 3.6 / 3.8): a truncated split would bias every product low.
+    """
+    bits = v.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot_x(b_x, b_f, acc, SPLIT16: tl.constexpr, PARTS: tl.constexpr, XPREC: tl.constexpr):
+    """acc + b_x @ b_f for a tile of X (or its transpose) and an fp32 tile (Omega, Q or W).
+
+    SPLIT16: b_x is exact in float16 / bfloat16 and b_f is split into PARTS (2 or 3) parts of that
+    dtype, each rounded to nearest: PARTS 16-bit MMAs with exact products and fp32 sums. Otherwise
+    XPREC ("tf32x3": Triton's 3xTF32 split, about fp32 accuracy) on fp32 tiles.
+    """
+    if SPLIT16:
+        rest = b_f
+        for _ in tl.static_range(PARTS):
+            if b_x.dtype == tl.bfloat16:
+                part = _round_to_bf16(rest)
+            else:
+                part = rest.to(tl.float16).to(tl.float32)
+            acc = tl.dot(b_x, part.to(b_x.dtype), acc)
+            rest = rest - part
+    else:
+        acc = tl.dot(b_x, b_f, acc, input_precision=XPREC)
+    return acc
+
+
+@triton.jit
+def _x_operand(x_img, sxn, sxd, mu_img, r0, d0, n_img, D, inv, bad,
+               CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
+               BN: tl.constexpr, BD: tl.constexpr):
+    """Tile [BN, BD] of X as the products take it (the image scale 1/s = ``inv`` known); zero outside
+    the image or if it is ``bad``.
+
+    SPLIT16: the tile in its own dtype, exact, un-centred (the product subtracts the mean as a rank-1
+    correction); bfloat16 is pre-scaled by the power of two (exact: bf16 has fp32's exponent range),
+    float16 is not (its values cannot overflow an fp32 product; the products are scaled instead).
+    Otherwise the scaled tile in fp32, centred in registers.
+    """
+    o_n = r0 + tl.arange(0, BN)
+    o_d = d0 + tl.arange(0, BD)
+    m_x = (o_n[:, None] < n_img) & (o_d[None, :] < D) & (bad == 0)
+    b_x = tl.load(x_img + o_n[:, None] * sxn + o_d[None, :] * sxd, mask=m_x, other=0.0)
+    if SPLIT16:
+        if PRESCALE16:
+            b_x = (b_x.to(tl.float32) * inv).to(b_x.dtype)
+        return tl.where(m_x, b_x, tl.zeros_like(b_x))
+    else:
+        if IS_F64:
+            b_x = (b_x * inv).to(tl.float32)
+        else:
+            b_x = b_x.to(tl.float32) * inv
+        if CENTER:
+            b_mu = tl.load(mu_img + o_d, mask=o_d < D, other=0.0, cache_modifier=".cg")
+            b_x = b_x - b_mu[None, :]
+        return tl.where(m_x, b_x, 0.0)
+
+
+@triton.jit
+def _image_scalars(img_f64):
+    """(1/s, s, E, raw energy, flat, bad) of an image, as the reduce task stored them (fp64)."""
+    inv = tl.load(img_f64 + 0, cache_modifier=".cg")
+    scale = tl.load(img_f64 + 1, cache_modifier=".cg")
+    energy = tl.load(img_f64 + 2, cache_modifier=".cg")
+    raw = tl.load(img_f64 + 3, cache_modifier=".cg")
+    # flags are stored as 0.0 / 1.0; compared as ints (the interpreter cannot AND an fp64 comparison)
+    flat = tl.load(img_f64 + 4, cache_modifier=".cg").to(tl.int32) != 0
+    bad = tl.load(img_f64 + 5, cache_modifier=".cg").to(tl.int32) != 0
+    return inv, scale, energy, raw, flat, bad
+
+
+@triton.jit
+def product_scales(img_f64, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr):
+    """(inv, out_scale, bad) for the products: float16 products use the unscaled tokens and scale
+    their results by 1/s instead (out_scale); the others take the scaled tokens (out_scale 1)."""
+    inv, scale, energy, raw, flat, bad = _image_scalars(img_f64)
+    if IS_F64:
+        inv_x = inv
+    else:
+        inv_x = inv.to(tl.float32)
+    if SPLIT16 and not PRESCALE16:
+        out_scale = inv.to(tl.float32)
+    else:
+        out_scale = tl.cast(1.0, tl.float32)
+    return inv_x, out_scale, bad.to(tl.int32)
+
+
+# ---- the sketch and the plan (the call-wide stage) -----------------------------------------------
+
+
+@triton.jit(noinline=True)
+def sketch_tile(i, OM, som_d, som_l, OMS, D, L, SEED, CNT, HAS_SKETCH: tl.constexpr, LP: tl.constexpr,
+                BD: tl.constexpr):
+    """Rows [i BD, (i + 1) BD) of Omega [D, LP] (fp32 scratch, columns >= L zero): element (d, j) is
+    tl.randn(seed, j * D + d), or the given sketch matrix. Counts the call-wide stage's CNT[1]."""
+    o_d = i * BD + tl.arange(0, BD)
+    o_l = tl.arange(0, LP)
+    m = (o_d[:, None] < D) & (o_l[None, :] < L)
+    if HAS_SKETCH:
+        b_om = tl.load(OM + o_d[:, None] * som_d + o_l[None, :] * som_l, mask=m, other=0.0).to(tl.float32)
+    else:
+        b_om = tl.randn(SEED, o_l[None, :] * D + o_d[:, None])  # int32 j*D + d
+    tl.store(OMS + o_d[:, None] * LP + o_l[None, :], tl.where(m, b_om, 0.0), mask=o_d[:, None] < D)
+    count_done(CNT + 1)
+
+
+@triton.jit(noinline=True)
+def ragged_plan(CU, B, T, GR, BR, NG_TOTAL, PLAN, CNT, BLOCK: tl.constexpr, SEARCH: tl.constexpr):
+    """For packed input, into PLAN: the first group and tile of every image (prefix sums of
+    ceil(N_i / GR) and ceil(N_i / BR), N_i from cu_seqlens clamped to [0, T]: GROUP_BASE [B + 1],
+    TILE_BASE [B + 1]) and, for every group index below NG_TOTAL, its image (GROUP_IMAGE, -1 past the
+    last group). Counts the call-wide stage's CNT[1]."""
+    GROUP_BASE = PLAN
+    TILE_BASE = PLAN + (B + 1)
+    GROUP_IMAGE = PLAN + 2 * (B + 1)
+    o = tl.arange(0, BLOCK)
+    total_g = 0
+    total_t = 0
+    for b0 in range(0, B, BLOCK):
+        ob = b0 + o
+        mb = ob < B
+        start = tl.load(CU + ob, mask=mb, other=0).to(tl.int64)
+        end = tl.load(CU + ob + 1, mask=mb, other=0).to(tl.int64)
+        start = tl.minimum(tl.maximum(start, 0), T)
+        end = tl.minimum(tl.maximum(end, start), T)
+        n = tl.where(mb, end - start, 0).to(tl.int32)
+        ng = (n + GR - 1) // GR
+        nt = (n + BR - 1) // BR
+        tl.store(GROUP_BASE + ob, total_g + tl.cumsum(ng, 0) - ng, mask=mb)
+        tl.store(TILE_BASE + ob, total_t + tl.cumsum(nt, 0) - nt, mask=mb)
+        total_g += tl.sum(ng, 0)
+        total_t += tl.sum(nt, 0)
+    tl.store(GROUP_BASE + B, total_g)
+    tl.store(TILE_BASE + B, total_t)
+    tl.debug_barrier()
+    o_k = tl.arange(0, SEARCH)
+    for k0 in range(0, NG_TOTAL, SEARCH):
+        ok = k0 + o_k
+        image = tl.zeros([SEARCH], dtype=tl.int32)  # images whose groups all come before group ok
+        for b0 in range(0, B, SEARCH):
+            ob = b0 + o_k
+            nxt = tl.load(GROUP_BASE + ob + 1, mask=ob < B, other=2147483647, cache_modifier=".cg")
+            image += tl.sum((nxt[None, :] <= ok[:, None]).to(tl.int32), 1)
+        tl.store(GROUP_IMAGE + ok, tl.where(ok < total_g, image, -1), mask=ok < NG_TOTAL)
+    count_done(CNT + 1)
+
+
+# ---- statistics and the sketch product -------------------------------------------------------------
+
+
+@triton.jit(noinline=True)
+def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, tile0, OMS, TSUM, TSCAL,
+                     q_img, done, HAS_SCORES: tl.constexpr, CENTER: tl.constexpr, IS_F64: tl.constexpr,
+                     SPLIT16: tl.constexpr,
+                     PRESCALE16: tl.constexpr, XPREC: tl.constexpr, LP: tl.constexpr, BR: tl.constexpr,
+                     BD: tl.constexpr):
+    # BD here is the reduction chunk (the launcher passes BK)
+    """One pass over rows [row0, row1) of an image, tile by tile (BR rows; tile index tile0 + k):
+
+    * max |x| and non-finite entries (tokens and scores) -> the tile's power of two s_t;
+    * per BD-column chunk of the tile scaled by 1/s_t: its column sums (TSUM[t]), the sum of squares
+      around the tile's own column means and the raw sum of squares (TSCAL[t], fp64 sums of fp32 chunk
+      sums): Chan's pairwise form of the centred energy, combined over tiles by the reduce task;
+    * Y~_t = X_t Omega with the tile scaled by 1/s_t (float16: unscaled), into the image's Q rows;
+      float32 / float64 tokens (centred products) take the tile centred on its own column means,
+      (X_t - 1 m_t^T) Omega: the image's mean is not known yet, and subtracting 1 (mu^T Omega) from
+      an un-centred product afterwards cancels (a mean 300x the spread cost ~8 bits of Y, enough to
+      move the least converged Ritz values by 1e-4 sigma_1); fix_sketch adds 1 ((m_t - mu)^T Omega).
+    TSCAL[t] = (max |x|, centred sum of squares, raw sum of squares, non-finite flag), fp64.
+    """
+    o_r = tl.arange(0, BR)
+    o_d = tl.arange(0, BD)
+    o_l = tl.arange(0, LP)
+    for r0 in range(row0, row1, BR):
+        t = tile0 + (r0 - row0) // BR
+        rows = r0 + o_r
+        m_r = rows < row1
+        n_t = tl.minimum(row1 - r0, BR)
+        if IS_F64:
+            amax = tl.zeros([BR, BD], dtype=tl.float64)
+        else:
+            amax = tl.zeros([BR, BD], dtype=tl.float32)
+        nonfinite = tl.zeros([BR, BD], dtype=tl.int32)
+        for d0 in range(0, D, BD):
+            m_x = m_r[:, None] & ((d0 + o_d)[None, :] < D)
+            b_x = tl.load(x_img + rows[:, None] * sxn + (d0 + o_d)[None, :] * sxd, mask=m_x, other=0.0)
+            if IS_F64:
+                b_x = b_x.to(tl.float64)
+            else:
+                b_x = b_x.to(tl.float32)
+            nonfinite |= ((b_x - b_x) != 0.0).to(tl.int32)
+            amax = tl.maximum(amax, tl.abs(b_x))
+        bad = tl.max(tl.max(nonfinite, 1), 0)
+        if HAS_SCORES:
+            b_sc = tl.load(sc_img + rows * scn, mask=m_r, other=0.0)
+            bad = bad | tl.max(((b_sc - b_sc) != 0.0).to(tl.int32), 0)
+        amax_t = tl.max(tl.max(amax, 1), 0)
+        inv_t, scale_t = pow2_inverse_scale(amax_t, IS_F64)
+        ss = tl.cast(0.0, tl.float64)
+        raw = tl.cast(0.0, tl.float64)
+        acc = tl.zeros([BR, LP], dtype=tl.float32)
+        for d0 in range(0, D, BD):
+            cols = d0 + o_d
+            m_x = m_r[:, None] & (cols[None, :] < D) & (bad == 0)
+            b_raw = tl.load(x_img + rows[:, None] * sxn + cols[None, :] * sxd, mask=m_x, other=0.0)
+            if IS_F64:
+                b_x = (b_raw * inv_t).to(tl.float32)
+            else:
+                b_x = b_raw.to(tl.float32) * inv_t
+            b_x = tl.where(m_x, b_x, 0.0)
+            colsum = tl.sum(b_x, 0)  # [BD]
+            tl.store(TSUM + t * D + cols, colsum, mask=cols < D)
+            b_c = tl.where(m_x, b_x - (colsum / n_t)[None, :], 0.0)
+            ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)
+            raw += tl.sum(tl.sum(b_x * b_x, 1), 0).to(tl.float64)
+            b_om = tl.load(OMS + cols[:, None] * LP + o_l[None, :],
+                           mask=(cols[:, None] < D) & (o_l[None, :] < l_img), other=0.0, cache_modifier=".cg")
+            if SPLIT16:
+                if PRESCALE16:
+                    b_op = (b_raw.to(tl.float32) * inv_t).to(b_raw.dtype)
+                else:
+                    b_op = b_raw
+                b_op = tl.where(m_x, b_op, tl.zeros_like(b_op))
+            elif CENTER:
+                b_op = b_c
+            else:
+                b_op = b_x
+            acc = _dot_x(b_op, b_om, acc, SPLIT16, 2, XPREC)
+        tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=m_r[:, None])
+        tl.store(TSCAL + t * 4 + 0, amax_t.to(tl.float64))
+        tl.store(TSCAL + t * 4 + 1, ss)
+        tl.store(TSCAL + t * 4 + 2, raw)
+        tl.store(TSCAL + t * 4 + 3, bad.to(tl.float64))
+    count_done(done)
+
+
+@triton.jit(noinline=True)
+def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_img, img_f64, FLAT_RTOL, done,
+                 CENTER: tl.constexpr, IS_F64: tl.constexpr, LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """The image's power of two s (from the tiles' max |x|), whether it holds NaN/Inf (``bad``), its
+    mean mu (scaled by 1/s), exact centred energy E = sum_t [SS_t + n_t ||m_t - mu||^2] (Chan et al.;
+    the tiles' statistics rescaled by s_t / s, exact powers of two), raw energy, flatness and
+    c = mu^T Omega (the rank-1 correction of the sketch product). img_f64 = (1/s, s, E, raw, flat, bad).
+    A bad image gets mu = 0 (its products are zero; its outputs are NaN-marked by the budget task)."""
+    o_d = tl.arange(0, BD)
+    o_l = tl.arange(0, LP)
+    if IS_F64:
+        amax = tl.cast(0.0, tl.float64)
+    else:
+        amax = tl.cast(0.0, tl.float32)
+    bad = tl.cast(0.0, tl.float64)
+    for k in range(ntiles):
+        a_k = tl.load(TSCAL + (tile0 + k) * 4 + 0, cache_modifier=".cg")
+        if IS_F64:
+            amax = tl.maximum(amax, a_k)
+        else:
+            amax = tl.maximum(amax, a_k.to(tl.float32))
+        bad = tl.maximum(bad, tl.load(TSCAL + (tile0 + k) * 4 + 3, cache_modifier=".cg"))
+    inv, scale = pow2_inverse_scale(amax, IS_F64)
+    ss = tl.cast(0.0, tl.float64)
+    raw = tl.cast(0.0, tl.float64)
+    for k in range(ntiles):
+        a_k = tl.load(TSCAL + (tile0 + k) * 4 + 0, cache_modifier=".cg")
+        if IS_F64:
+            inv_k, _s = pow2_inverse_scale(a_k, IS_F64)
+        else:
+            inv_k, _s = pow2_inverse_scale(a_k.to(tl.float32), IS_F64)
+        ratio = (inv / inv_k).to(tl.float64)
+        ss += tl.load(TSCAL + (tile0 + k) * 4 + 1, cache_modifier=".cg") * ratio * ratio
+        raw += tl.load(TSCAL + (tile0 + k) * 4 + 2, cache_modifier=".cg") * ratio * ratio
+    cross = tl.cast(0.0, tl.float64)
+    c_om = tl.zeros([LP], dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        cols = d0 + o_d
+        m_d = cols < D
+        total = tl.zeros([BD], dtype=tl.float32)
+        for k in range(ntiles):
+            a_k = tl.load(TSCAL + (tile0 + k) * 4 + 0, cache_modifier=".cg")
+            if IS_F64:
+                inv_k, _s = pow2_inverse_scale(a_k, IS_F64)
+            else:
+                inv_k, _s = pow2_inverse_scale(a_k.to(tl.float32), IS_F64)
+            ratio = (inv / inv_k).to(tl.float32)
+            total += tl.load(TSUM + (tile0 + k) * D + cols, mask=m_d, other=0.0, cache_modifier=".cg") * ratio
+        b_mu = total / tl.maximum(n_img, 1)
+        b_mu = tl.where(bad != 0.0, 0.0, b_mu)
+        tl.store(mu_img + cols, b_mu, mask=m_d)
+        for k in range(ntiles):
+            a_k = tl.load(TSCAL + (tile0 + k) * 4 + 0, cache_modifier=".cg")
+            if IS_F64:
+                inv_k, _s = pow2_inverse_scale(a_k, IS_F64)
+            else:
+                inv_k, _s = pow2_inverse_scale(a_k.to(tl.float32), IS_F64)
+            ratio = (inv / inv_k).to(tl.float32)
+            n_k = tl.minimum(n_img - k * BR, BR)
+            b_m = tl.load(TSUM + (tile0 + k) * D + cols, mask=m_d, other=0.0, cache_modifier=".cg") * ratio / n_k
+            b_dev = tl.where(m_d, b_m - b_mu, 0.0)
+            cross += (n_k * tl.sum(b_dev * b_dev, 0)).to(tl.float64)
+        b_om = tl.load(OMS + cols[:, None] * LP + o_l[None, :], mask=m_d[:, None] & (o_l[None, :] < l_img),
+                       other=0.0, cache_modifier=".cg")
+        c_om += tl.sum(b_mu[:, None] * b_om, 0)
+    if CENTER:
+        energy = ss + cross
+    else:
+        energy = raw
+        c_om = tl.zeros([LP], dtype=tl.float32)
+    tl.store(cw_img + o_l, c_om)
+    flat = energy <= FLAT_RTOL * raw
+    tl.store(img_f64 + 0, inv.to(tl.float64))
+    tl.store(img_f64 + 1, scale.to(tl.float64))
+    tl.store(img_f64 + 2, energy)
+    tl.store(img_f64 + 3, raw)
+    tl.store(img_f64 + 4, flat.to(tl.float64))
+    tl.store(img_f64 + 5, bad)
+    count_done(done)
+
+
+@triton.jit(noinline=True)
+def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_img, img_f64, cw_img, part, done,
+               CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
+               LP: tl.constexpr, BR: tl.constexpr, CB: tl.constexpr, BK: tl.constexpr, SPREC: tl.constexpr):
+    """Y = Y~_t * f_t - 1 c_t^T for the rows [row0, row1): f_t = s_t / s (the tile's scale to the
+    image's; float16: 1/s, its Y~ used the unscaled tokens); c_t = mu^T Omega for the 16-bit products
+    (un-centred), c_t = (mu - f_t m_t)^T Omega for the others (their Y~ is centred on the tile's own
+    mean m_t, see stats_and_sketch); zero for a bad image. Then the rows' Gram partial (the first
+    CholeskyQR pass)."""
+    o_r = tl.arange(0, BR)
+    o_l = tl.arange(0, LP)
+    o_k = tl.arange(0, BK)
+    inv, scale, energy, raw, flat, bad = _image_scalars(img_f64)
+    c_om = tl.load(cw_img + o_l, cache_modifier=".cg")
+    for r0 in range(row0, row1, BR):
+        t = tile0 + (r0 - row0) // BR
+        rows = r0 + o_r
+        m_r = rows < row1
+        if SPLIT16 and not PRESCALE16:
+            factor = inv.to(tl.float32)
+        else:
+            a_t = tl.load(TSCAL + t * 4 + 0, cache_modifier=".cg")
+            if IS_F64:
+                inv_t, _s = pow2_inverse_scale(a_t, IS_F64)
+            else:
+                inv_t, _s = pow2_inverse_scale(a_t.to(tl.float32), IS_F64)
+            factor = (inv / inv_t).to(tl.float32)
+        y = tl.load(q_img + rows[:, None] * LP + o_l[None, :], mask=m_r[:, None], other=0.0, cache_modifier=".cg")
+        y = y * factor
+        if CENTER:
+            if SPLIT16:
+                y = y - c_om[None, :]
+            else:
+                n_t = tl.minimum(n_img - r0, BR)
+                c_t = tl.zeros([LP], dtype=tl.float32)
+                for d0 in range(0, D, BK):
+                    cols = d0 + o_k
+                    m_d = cols < D
+                    b_m = tl.load(TSUM + t * D + cols, mask=m_d, other=0.0, cache_modifier=".cg") * (factor / n_t)
+                    b_mu = tl.load(mu_img + cols, mask=m_d, other=0.0, cache_modifier=".cg")
+                    b_om = tl.load(OMS + cols[:, None] * LP + o_l[None, :], mask=m_d[:, None] & (o_l[None, :] < l_img),
+                                   other=0.0, cache_modifier=".cg")
+                    c_t += tl.sum((b_mu - b_m)[:, None] * b_om, 0)
+                y = y - c_t[None, :]
+        y = tl.where(m_r[:, None] & (bad == 0), y, 0.0)
+        tl.store(q_img + rows[:, None] * LP + o_l[None, :], y, mask=m_r[:, None])
+    gram_partial(q_img, row0, row1, part, LP, CB, BK, SPREC)
+    count_done(done)
+
+
+# ---- products with X ------------------------------------------------------------------------------------
+
+
+@triton.jit(noinline=True)
+def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, l_img, row0, row1, w_img, q_img, img_f64, part, done,
+              CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
+              XPREC: tl.constexpr, LP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, CB: tl.constexpr,
+              SPREC: tl.constexpr):
+    """Q rows [row0, row1) = X_c W (W [D, LP] fp32 scratch), each row tile reduced over all of D in
+    chunks of BK. SPLIT16: out_scale * (X W) - 1 (mu^T W), the rank-1 term summed on the CUDA cores as
+    W streams by. Then the Gram partial of those rows."""
+    inv, out_scale, bad = product_scales(img_f64, IS_F64, SPLIT16, PRESCALE16)
+    o_k = tl.arange(0, BK)
+    o_l = tl.arange(0, LP)
+    o_r = tl.arange(0, BR)
+    CORRECT: tl.constexpr = SPLIT16 and CENTER
+    for r0 in range(row0, row1, BR):
+        acc = tl.zeros([BR, LP], dtype=tl.float32)
+        mu_w = tl.zeros([LP], dtype=tl.float32)
+        for d0 in range(0, D, BK):
+            cols = d0 + o_k
+            b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, row1, D, inv, bad, CENTER, IS_F64, SPLIT16,
+                             PRESCALE16, BR, BK)
+            b_w = tl.load(w_img + cols[:, None] * LP + o_l[None, :],
+                          mask=(cols[:, None] < D) & (o_l[None, :] < l_img), other=0.0, cache_modifier=".cg")
+            acc = _dot_x(b_x, b_w, acc, SPLIT16, 2, XPREC)
+            if CORRECT:
+                b_mu = tl.load(mu_img + cols, mask=cols < D, other=0.0, cache_modifier=".cg")
+                mu_w += tl.sum(b_mu[:, None] * b_w, 0)
+        acc = acc * out_scale
+        if CORRECT:
+            acc = acc - mu_w[None, :]
+        rows = r0 + o_r
+        tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=(rows < row1)[:, None])
+    gram_partial(q_img, row0, row1, part, LP, CB, BK, SPREC)
+    count_done(done)
+
+
+@triton.jit(noinline=True)
+def xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part, done,
+               CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
+               PARTS: tl.constexpr, XPREC: tl.constexpr, LP: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+               CB: tl.constexpr, SPREC: tl.constexpr):
+    """W rows [col0, col1) = X_c^T Q (Q [n_img, LP] fp32 scratch), each feature tile reduced over all
+    of the image's rows in chunks of BK. SPLIT16: out_scale * (X^T Q) - mu (1^T Q); see :func:`_dot_x`
+    for PARTS. Then the Gram partial of those rows (Z's: H = Z^T Z)."""
+    inv, out_scale, bad = product_scales(img_f64, IS_F64, SPLIT16, PRESCALE16)
+    o_d = tl.arange(0, BD)
+    o_l = tl.arange(0, LP)
+    o_k = tl.arange(0, BK)
+    CORRECT: tl.constexpr = SPLIT16 and CENTER
+    for d0 in range(col0, col1, BD):
+        acc = tl.zeros([BD, LP], dtype=tl.float32)
+        q_sum = tl.zeros([LP], dtype=tl.float32)
+        for r0 in range(0, n_img, BK):
+            rows = r0 + o_k
+            b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, n_img, col1, inv, bad, CENTER, IS_F64, SPLIT16,
+                             PRESCALE16, BK, BD)
+            b_q = tl.load(q_img + rows[:, None] * LP + o_l[None, :], mask=(rows < n_img)[:, None], other=0.0,
+                          cache_modifier=".cg")
+            acc = _dot_x(tl.trans(b_x), b_q, acc, SPLIT16, PARTS, XPREC)
+            if CORRECT:
+                q_sum += tl.sum(b_q, 0)
+        acc = acc * out_scale
+        cols = d0 + o_d
+        if CORRECT:
+            b_mu = tl.load(mu_img + cols, mask=cols < col1, other=0.0, cache_modifier=".cg")
+            acc = acc - b_mu[:, None] * q_sum[None, :]
+        tl.store(w_img + cols[:, None] * LP + o_l[None, :], acc, mask=(cols < col1)[:, None])
+    gram_partial(w_img, col0, col1, part, LP, CB, BK, SPREC)
+    count_done(done)
+
+
+# ---- spectrum, budget, leverage, selection, gather ----------------------------------------------------
+
+
+@triton.jit(noinline=True)
+def sigma_partial(w_img, col0, col1, vmat, sigp, done, LP: tl.constexpr, CB: tl.constexpr, BD: tl.constexpr,
+                  SPREC: tl.constexpr):
+    """sigp[j] = sum over rows [col0, col1) of Z of (Z V)_{:, j}^2, fp64 sums of fp32 tile sums; Z V a
+    CB x CB block of V at a time."""
+    NB: tl.constexpr = LP // CB
+    KB: tl.constexpr = 32 if CB > 32 else CB  # the reduction in chunks of KB: smaller operands
+    o_d = tl.arange(0, BD)
+    o_c = tl.arange(0, CB)
+    o_k = tl.arange(0, KB)
+    for jb in range(NB):
+        acc = tl.zeros([CB], dtype=tl.float64)
+        for d0 in range(col0, col1, BD):
+            cols = d0 + o_d
+            b_zv = tl.zeros([BD, CB], dtype=tl.float32)
+            for k0 in range(0, LP, KB):
+                b_z = tl.load(w_img + cols[:, None] * LP + k0 + o_k[None, :], mask=(cols < col1)[:, None],
+                              other=0.0, cache_modifier=".cg")
+                b_v = tl.load(vmat + (k0 + o_k)[:, None] * LP + jb * CB + o_c[None, :], cache_modifier=".cg")
+                b_zv = tl.dot(b_z, b_v, b_zv, input_precision=SPREC)
+            acc += tl.sum(b_zv * b_zv, 0).to(tl.float64)
+        tl.store(sigp + jb * CB + o_c, acc)
+    count_done(done)
+
+
+@triton.jit(noinline=True)
+def budget_task(b, sigp_img, nparts, img_f64, sig2_img, rank_img, imgi, BIN, SIG, ENERGY, BUDGET, SAT,
+                OTOK, sotb, sotm, sotd, OIDX, OMASK, L, M, D, l_img, m_img, min_img, THRESH, done,
+                IS_F64: tl.constexpr, HAS_BUDGETS: tl.constexpr, SELECT: tl.constexpr, LP: tl.constexpr,
+                RB: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr):
+    """sigma^2 (the partial sums of the sigma tasks, fp64), the descending order of sigma (rank by
+    counting, ties to the lower column; columns past l_img last), cumulative energy, k*, the budget,
+    flat / saturated / non-finite handling, the outputs SIG, ENERGY, BUDGET, SAT; imgi = (k*, budget,
+    r = min(k*, l_img)). With SELECT it also writes the mask and the padding (slots >= budget: index -1,
+    zero rows). Rows of RB of the [LP, LP] comparisons at a time."""
+    o = tl.arange(0, LP)
+    inv, scale, energy64, raw, flat, bad = _image_scalars(img_f64)
+    s2 = tl.zeros([LP], dtype=tl.float64)
+    for p in range(nparts):
+        s2 += tl.load(sigp_img + p * LP + o, cache_modifier=".cg")
+    sig2 = tl.where((o < l_img) & (flat == 0), s2.to(tl.float32), 0.0)
+    tl.store(sig2_img + o, sig2)
+    energy = energy64.to(tl.float32)
+    tl.debug_barrier()
+    key = tl.where(o < l_img, sig2, -1.0)
+    o_i = tl.arange(0, RB)
+    for i0 in range(0, LP, RB):
+        rows = i0 + o_i
+        s_i = tl.load(sig2_img + rows, cache_modifier=".cg")
+        k_i = tl.where(rows < l_img, s_i, -1.0)
+        beats = (key[None, :] > k_i[:, None]) | ((key[None, :] == k_i[:, None]) & (o[None, :] < rows[:, None]))
+        tl.store(rank_img + rows, tl.sum(beats.to(tl.int32), 1))
+    tl.debug_barrier()
+    rank = tl.load(rank_img + o, cache_modifier=".cg")
+    n_reached = 0
+    first = LP + 1
+    for i0 in range(0, LP, RB):
+        rows = i0 + o_i
+        r_i = tl.load(rank_img + rows, cache_modifier=".cg")
+        cum = tl.sum(tl.where((rank[None, :] <= r_i[:, None]) & (o[None, :] < l_img), sig2[None, :], 0.0), 1)
+        reached = (cum >= THRESH * energy) & (rows < l_img)
+        n_reached += tl.sum(reached.to(tl.int32), 0)
+        first = tl.minimum(first, tl.min(tl.where(reached, r_i + 1, LP + 1), 0))
+    saturated = (n_reached == 0) & (flat == 0)
+    k_star = tl.where(saturated, m_img, first)
+    k_star = tl.where(flat, min_img, k_star)
+    budget = tl.minimum(tl.maximum(k_star, min_img), m_img)
+    budget = tl.where(bad, m_img, budget)
+    if HAS_BUDGETS:  # shares of a fixed batch total; k* (the leverage rank) stays the image's own
+        budget = tl.minimum(tl.maximum(tl.load(BIN + b), 0), m_img)
+    sigma = tl.sqrt(sig2)
+    if IS_F64:
+        sigma = (sigma.to(tl.float64) * scale).to(tl.float32)
+        e_out = (energy.to(tl.float64) * scale * scale).to(tl.float32)
+    else:
+        scale32 = scale.to(tl.float32)
+        sigma = sigma * scale32
+        e_out = energy * scale32 * scale32
+    e_out = tl.where(flat, 0.0, e_out)
+    sigma = tl.where(bad & (rank < l_img), float("nan"), sigma)
+    e_out = tl.where(bad, float("nan"), e_out)
+    tl.store(SIG + b * L + rank, sigma, mask=o < L)
+    tl.store(ENERGY + b, e_out)
+    tl.store(BUDGET + b, budget.to(tl.int32))
+    tl.store(SAT + b, (saturated | bad).to(tl.uint8))
+    tl.store(imgi + 0, k_star)
+    tl.store(imgi + 1, budget)
+    tl.store(imgi + 2, tl.minimum(k_star, l_img))
+    if SELECT:
+        o_s = tl.arange(0, BS)
+        o_d = tl.arange(0, BD)
+        out_tok = OTOK + b * sotb
+        for p0 in range(0, M, BS):
+            o_p = p0 + o_s
+            m_p = o_p < M
+            pad = m_p & (o_p >= budget)
+            tl.store(OMASK + b * M + o_p, (o_p < budget).to(tl.uint8), mask=m_p)
+            tl.store(OIDX + b * M + o_p, tl.full([BS], -1, tl.int64), mask=pad)
+            for d0 in range(0, D, BD):
+                cols = d0 + o_d
+                zeros = tl.zeros([BS, BD], dtype=OTOK.dtype.element_ty)
+                tl.store(out_tok + o_p[:, None] * sotm + cols[None, :] * sotd, zeros,
+                         mask=pad[:, None] & (cols < D)[None, :])
+    count_done(done)
+
+
+@triton.jit(noinline=True)
+def leverage_rows(q_img, row0, row1, vmat, rank_img, imgi, lev_img, done, LP: tl.constexpr, CB: tl.constexpr,
+                  BR: tl.constexpr, SPREC: tl.constexpr):
+    """lev[i] = sum_{j: rank_j < r} (Q V)_ij^2 for rows [row0, row1), r = min(k*, l) (all l columns when
+    saturated): the rank-r leverage of the estimated left singular vectors U = Q V, a CB x CB block of
+    V at a time."""
+    NB: tl.constexpr = LP // CB
+    KB: tl.constexpr = 32 if CB > 32 else CB  # the reduction in chunks of KB: smaller operands
+    o_r = tl.arange(0, BR)
+    o_c = tl.arange(0, CB)
+    o_k = tl.arange(0, KB)
+    r = tl.load(imgi + 2, cache_modifier=".cg")
+    for r0 in range(row0, row1, BR):
+        rows = r0 + o_r
+        m_r = rows < row1
+        lev = tl.zeros([BR], dtype=tl.float32)
+        for jb in range(NB):
+            keep = tl.load(rank_img + jb * CB + o_c, cache_modifier=".cg") < r
+            b_u = tl.zeros([BR, CB], dtype=tl.float32)
+            for k0 in range(0, LP, KB):
+                b_q = tl.load(q_img + rows[:, None] * LP + k0 + o_k[None, :], mask=m_r[:, None], other=0.0,
+                              cache_modifier=".cg")
+                b_v = tl.load(vmat + (k0 + o_k)[:, None] * LP + jb * CB + o_c[None, :], cache_modifier=".cg")
+                b_u = tl.dot(b_q, tl.where(keep[None, :], b_v, 0.0), b_u, input_precision=SPREC)
+            lev += tl.sum(b_u * b_u, 1)
+        tl.store(lev_img + rows, lev, mask=m_r)
+    count_done(done)
+
+
+@triton.jit
+def _selection_scores(sc_img, scn, lev_img, o, m, flat, bad, HAS_SCORES: tl.constexpr, SC_F64: tl.constexpr):
+    """The selection score of tokens ``o``: the given scores (fp64 kept as fp64) or the leverage (0 for
+    a flat image); 0 for a non-finite image (its first tokens are kept), NaN ranked last."""
+    if HAS_SCORES:
+        s = tl.load(sc_img + o * scn, mask=m, other=0.0)
+        if not SC_F64:
+            s = s.to(tl.float32)
+    else:
+        s = tl.load(lev_img + o, mask=m, other=0.0, cache_modifier=".cg")
+        s = tl.where(flat, 0.0, s)
+    s = tl.where(bad, 0.0, s)
+    return tl.where(s == s, s, float("-inf"))
+
+
+@triton.jit(noinline=True)
+def select_rows(sc_img, scn, lev_img, kept_img, n_img, row0, row1, img_f64, imgi, kcnt, done,
+                HAS_SCORES: tl.constexpr, SC_F64: tl.constexpr, BS: tl.constexpr):
+    """Tokens [row0, row1) of the image: kept iff fewer than ``budget`` tokens of the whole image beat
+    it (a greater score, or an equal one at a lower index); kept flags into kept_img, their count
+    into kcnt."""
+    inv, scale, energy, raw, flat, bad = _image_scalars(img_f64)
+    budget = tl.load(imgi + 1, cache_modifier=".cg")
+    o_s = tl.arange(0, BS)
+    count = 0
+    for i0 in range(row0, row1, BS):
+        o_i = i0 + o_s
+        m_i = o_i < row1
+        s_i = _selection_scores(sc_img, scn, lev_img, o_i, m_i, flat, bad, HAS_SCORES, SC_F64)
+        rank_i = tl.zeros([BS], dtype=tl.int32)
+        for j0 in range(0, n_img, BS):
+            o_j = j0 + o_s
+            m_j = o_j < n_img
+            s_j = _selection_scores(sc_img, scn, lev_img, o_j, m_j, flat, bad, HAS_SCORES, SC_F64)
+            wins = (s_j[None, :] > s_i[:, None]) | ((s_j[None, :] == s_i[:, None]) & (o_j[None, :] < o_i[:, None]))
+            rank_i += tl.sum((wins & m_j[None, :]).to(tl.int32), 1)
+        kept = (rank_i < budget) & m_i
+        tl.store(kept_img + o_i, kept.to(tl.int32), mask=m_i)
+        count += tl.sum(kept.to(tl.int32), 0)
+    tl.store(kcnt, count)
+    count_done(done)
+
+
+@triton.jit(noinline=True)
+def gather_rows(b, x_img, sxn, sxd, kept_img, kcnt_img, group, row0, row1, OTOK, sotb, sotm, sotd, OIDX, M, D, done,
+                BS: tl.constexpr, BD: tl.constexpr):
+    """The kept tokens of rows [row0, row1), in ascending order, into the output slots after those of
+    the image's earlier groups: their indices and their rows (bit-exact copies)."""
+    kept_before = 0
+    for g in range(group):
+        kept_before += tl.load(kcnt_img + g, cache_modifier=".cg")
+    o_s = tl.arange(0, BS)
+    o_d = tl.arange(0, BD)
+    out_tok = OTOK + b * sotb
+    for i0 in range(row0, row1, BS):
+        o_i = i0 + o_s
+        m_i = o_i < row1
+        kept = tl.load(kept_img + o_i, mask=m_i, other=0, cache_modifier=".cg") != 0
+        k32 = kept.to(tl.int32)
+        slot = kept_before + tl.cumsum(k32, 0) - k32
+        kept_before += tl.sum(k32, 0)
+        tl.store(OIDX + b * M + slot, o_i.to(tl.int64), mask=kept)
+        for d0 in range(0, D, BD):
+            cols = d0 + o_d
+            m = kept[:, None] & (cols < D)[None, :]
+            b_row = tl.load(x_img + o_i[:, None] * sxn + cols[None, :] * sxd, mask=m, other=0.0)
+            tl.store(out_tok + slot[:, None] * sotm + cols[None, :] * sotd, b_row, mask=m)
+    count_done(done)
