@@ -327,7 +327,7 @@ LOOP_MARKERS = {
     "Gram: row chunk": ("gram_partial", "acc = tl.dot(tl.trans(y_i), y_j, acc, input_precision=SPREC)"),
     "Gram: block": ("gram_partial", "for r0 in range(row0, row1, BR):"),
     # Cholesky inverse (cholesky_inverse, _chol_small)
-    "Cholesky: partial sums": ("cholesky_inverse", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
+    "Cholesky: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
     "Cholesky: step": ("_chol_small", "A = A - low[:, None] * low[None, :]"),
     "Cholesky: block column": ("cholesky_inverse", "l_ik = tl.dot(_load_block(amat, i, k, LP, CB), tl.trans(m_kk)"),
     # apply L^-T (apply_inverse_transpose in apply_task)
@@ -342,7 +342,7 @@ LOOP_MARKERS = {
     "X^T Q: feature tile": ("xt_times_q",
                             "tl.store(w_img + cols[:, None] * LP + o_l[None, :], acc, mask=(cols < col1)[:, None])"),
     # Jacobi (eigen_task: _symmetric_sum, jacobi_eigenvectors)
-    "H: partial sums": ("_symmetric_sum", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
+    "H: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
     "Jacobi: round": ("jacobi_eigenvectors", "rot = c_c[None, :] * (c_r[:, None] * h_rr + s_r[:, None] * h_pr)"),
     "Jacobi: sweep": ("_off_diagonal", "off += tl.sum(tl.where(rows[:, None] == o[None, :], 0.0, sq), 1)"),
     # sigma partials (sigma_partial)

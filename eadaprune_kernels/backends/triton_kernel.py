@@ -278,10 +278,19 @@ def _stage_info(s, q, MID: tl.constexpr, FIN: tl.constexpr, LEVERAGE: tl.constex
 
 
 @triton.jit
-def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, RAGGED: tl.constexpr):
-    """Tickets of a stage of kind ``kind`` over the whole batch (see ``launch_plan``)."""
+def _task_axis(kind, side):
+    """Whether a stage of kind ``kind`` has a task per group of rows, or per group of features (else
+    one per image): _ROW_KINDS / _FEATURE_KINDS and the side of an apply stage."""
+    # (K_* values as in the Python module: a jitted function reads no non-constexpr globals)
     rows = (kind == 1) | (kind == 3) | (kind == 7) | (kind >= 12) | ((kind == 5) & (side == 0))
     feats = (kind == 6) | (kind == 8) | (kind == 10) | ((kind == 5) & (side == 1))
+    return rows, feats
+
+
+@triton.jit
+def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, RAGGED: tl.constexpr):
+    """Tickets of a stage of kind ``kind`` over the whole batch (see ``launch_plan``)."""
+    rows, feats = _task_axis(kind, side)
     n = tl.where(rows, NG_TOTAL, tl.where(feats, B * DG, B))
     if RAGGED:
         n = tl.where(kind == 0, OM_TILES + 1, n)
@@ -293,8 +302,7 @@ def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, RAGGED: tl.constexpr):
 @triton.jit
 def _image_tasks(kind, side, ng_img, DG):
     """Tasks of image b in a stage of kind ``kind`` (it has ng_img row groups)."""
-    rows = (kind == 1) | (kind == 3) | (kind == 7) | (kind >= 12) | ((kind == 5) & (side == 0))
-    feats = (kind == 6) | (kind == 8) | (kind == 10) | ((kind == 5) & (side == 1))
+    rows, feats = _task_axis(kind, side)
     return tl.where(rows, ng_img, tl.where(feats, DG, 1))
 
 
@@ -355,8 +363,7 @@ def _image_task(
     the image b and its group g, wait for the image's previous stage, run the task (which counts
     itself done)."""
     LL = LP * LP
-    rows_kind = (kind == 1) | (kind == 3) | (kind == 7) | (kind >= 12) | ((kind == 5) & (side == 0))
-    feats_kind = (kind == 6) | (kind == 8) | (kind == 10) | ((kind == 5) & (side == 1))
+    rows_kind, feats_kind = _task_axis(kind, side)
     if RAGGED:  # the plan maps groups to images
         _wait_for(CNT + 1, OM_TILES + 1, CNT, MAX_WAITS)
     if rows_kind:

@@ -56,6 +56,16 @@ def _load_block(mat, bi, bj, LP: tl.constexpr, CB: tl.constexpr):
 
 
 @triton.jit
+def _summed_block(part, nparts, i, j, LP: tl.constexpr, CB: tl.constexpr):
+    """Block (i, j) of the sum of the ``nparts`` partial Grams [LP, LP] stored one after the other from
+    ``part``, added in a fixed order (deterministic)."""
+    acc = tl.zeros([CB, CB], dtype=tl.float32)
+    for p in range(nparts):
+        acc += _load_block(part + p * LP * LP, i, j, LP, CB)
+    return acc
+
+
+@triton.jit
 def _store_block(mat, bi, bj, val, LP: tl.constexpr, CB: tl.constexpr):
     o = tl.arange(0, CB)
     tl.store(mat + (bi * CB + o)[:, None] * LP + bj * CB + o[None, :], val)
@@ -125,9 +135,7 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, CB: tl.co
     dmax = tl.zeros([CB], dtype=tl.float32)
     for i in range(NB):
         for j in range(i + 1):
-            acc = tl.zeros([CB, CB], dtype=tl.float32)
-            for p in range(nparts):
-                acc += _load_block(part + p * LP * LP, i, j, LP, CB)
+            acc = _summed_block(part, nparts, i, j, LP, CB)
             _store_block(amat, i, j, acc, LP, CB)
             if i == j:
                 dmax = tl.maximum(dmax, tl.sum(tl.where(o[:, None] == o[None, :], acc, 0.0), 1))
@@ -292,9 +300,7 @@ def _symmetric_sum(part, nparts, hmat, LP: tl.constexpr, CB: tl.constexpr):
     o = tl.arange(0, CB)
     for i in range(NB):
         for j in range(i + 1):
-            acc = tl.zeros([CB, CB], dtype=tl.float32)
-            for p in range(nparts):
-                acc += _load_block(part + p * LP * LP, i, j, LP, CB)
+            acc = _summed_block(part, nparts, i, j, LP, CB)
             _store_block(hmat, i, j, acc, LP, CB)
             if i != j:
                 _store_block(hmat, j, i, tl.trans(acc), LP, CB)

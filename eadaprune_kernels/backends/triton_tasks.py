@@ -46,6 +46,19 @@ def pow2_inverse_scale(amax, IS_F64: tl.constexpr):
 
 
 @triton.jit
+def _tile_to_image_ratio(TSCAL, t, inv, IS_F64: tl.constexpr):
+    """s_t / s = inv / inv_t: the exact power of two that takes tile t's values, scaled by its own
+    1/s_t in the statistics pass, to the image's scale 1/s = ``inv`` (s_t from the tile's max |x|,
+    TSCAL[t, 0])."""
+    a_t = tl.load(TSCAL + t * 4 + 0, cache_modifier=".cg")
+    if IS_F64:
+        inv_t, _s = pow2_inverse_scale(a_t, IS_F64)
+    else:
+        inv_t, _s = pow2_inverse_scale(a_t.to(tl.float32), IS_F64)
+    return inv / inv_t
+
+
+@triton.jit
 def _round_to_bf16(v):
     """fp32 v rounded to the nearest bfloat16 (ties to even), still as fp32 (finite v).
 
@@ -314,12 +327,7 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
     ss = tl.cast(0.0, tl.float64)
     raw = tl.cast(0.0, tl.float64)
     for k in range(ntiles):
-        a_k = tl.load(TSCAL + (tile0 + k) * 4 + 0, cache_modifier=".cg")
-        if IS_F64:
-            inv_k, _s = pow2_inverse_scale(a_k, IS_F64)
-        else:
-            inv_k, _s = pow2_inverse_scale(a_k.to(tl.float32), IS_F64)
-        ratio = (inv / inv_k).to(tl.float64)
+        ratio = _tile_to_image_ratio(TSCAL, tile0 + k, inv, IS_F64).to(tl.float64)
         ss += tl.load(TSCAL + (tile0 + k) * 4 + 1, cache_modifier=".cg") * ratio * ratio
         raw += tl.load(TSCAL + (tile0 + k) * 4 + 2, cache_modifier=".cg") * ratio * ratio
     cross = tl.cast(0.0, tl.float64)
@@ -329,23 +337,13 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
         m_d = cols < D
         total = tl.zeros([BD], dtype=tl.float32)
         for k in range(ntiles):
-            a_k = tl.load(TSCAL + (tile0 + k) * 4 + 0, cache_modifier=".cg")
-            if IS_F64:
-                inv_k, _s = pow2_inverse_scale(a_k, IS_F64)
-            else:
-                inv_k, _s = pow2_inverse_scale(a_k.to(tl.float32), IS_F64)
-            ratio = (inv / inv_k).to(tl.float32)
+            ratio = _tile_to_image_ratio(TSCAL, tile0 + k, inv, IS_F64).to(tl.float32)
             total += tl.load(TSUM + (tile0 + k) * D + cols, mask=m_d, other=0.0, cache_modifier=".cg") * ratio
         b_mu = total / tl.maximum(n_img, 1)
         b_mu = tl.where(bad != 0.0, 0.0, b_mu)
         tl.store(mu_img + cols, b_mu, mask=m_d)
         for k in range(ntiles):
-            a_k = tl.load(TSCAL + (tile0 + k) * 4 + 0, cache_modifier=".cg")
-            if IS_F64:
-                inv_k, _s = pow2_inverse_scale(a_k, IS_F64)
-            else:
-                inv_k, _s = pow2_inverse_scale(a_k.to(tl.float32), IS_F64)
-            ratio = (inv / inv_k).to(tl.float32)
+            ratio = _tile_to_image_ratio(TSCAL, tile0 + k, inv, IS_F64).to(tl.float32)
             n_k = tl.minimum(n_img - k * BR, BR)
             b_m = tl.load(TSUM + (tile0 + k) * D + cols, mask=m_d, other=0.0, cache_modifier=".cg") * ratio / n_k
             b_dev = tl.where(m_d, b_m - b_mu, 0.0)
@@ -390,12 +388,7 @@ def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_i
         if SPLIT16 and not PRESCALE16:
             factor = inv.to(tl.float32)
         else:
-            a_t = tl.load(TSCAL + t * 4 + 0, cache_modifier=".cg")
-            if IS_F64:
-                inv_t, _s = pow2_inverse_scale(a_t, IS_F64)
-            else:
-                inv_t, _s = pow2_inverse_scale(a_t.to(tl.float32), IS_F64)
-            factor = (inv / inv_t).to(tl.float32)
+            factor = _tile_to_image_ratio(TSCAL, t, inv, IS_F64).to(tl.float32)
         y = tl.load(q_img + rows[:, None] * LP + o_l[None, :], mask=m_r[:, None], other=0.0, cache_modifier=".cg")
         y = y * factor
         if CENTER:
