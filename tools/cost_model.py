@@ -343,7 +343,9 @@ LOOP_MARKERS = {
                             "tl.store(w_img + cols[:, None] * LP + o_l[None, :], acc, mask=(cols < col1)[:, None])"),
     # Jacobi (eigen_task: _symmetric_sum, jacobi_eigenvectors)
     "H: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
-    "Jacobi: round": ("jacobi_eigenvectors", "rot = c_c[None, :] * (c_r[:, None] * h_rr + s_r[:, None] * h_pr)"),
+    "Jacobi: round": ("jacobi_eigenvectors", "tl.store(cs + LP + o, s)"),
+    "Jacobi: rotate H, W panel": ("jacobi_eigenvectors", "tl.store(t + o[None, :] * LP + rows[:, None], _rotate_rows("),
+    "Jacobi: rotate back panel": ("jacobi_eigenvectors", "tl.store(h + rows[:, None] * LP + o[None, :], _rotate_rows("),
     "Jacobi: sweep": ("_off_diagonal", "off += tl.sum(tl.where(rows[:, None] == o[None, :], 0.0, sq), 1)"),
     # sigma partials (sigma_partial)
     "sigma: Z V chunk": ("sigma_partial", "b_zv = tl.dot(b_z, b_v, b_zv, input_precision=SPREC)"),
@@ -554,12 +556,17 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         w.add(gram_part(span))
     elif kind == K.K_EIG:
         rounds = sweeps * (lp - 1)
-        w = Work([("H: partial sums", pairs * shape["DG"]), ("Jacobi: round", rounds), ("Jacobi: sweep", sweeps)],
-                 # per round: H read 4x (rows, partner rows, partner columns, both) and written, V read 2x
-                 # and written; per sweep the off-diagonal mass (H read once)
-                 l2_bytes=shape["DG"] * pairs * cb * cb * 4 + 2 * lp * lp * 4 + rounds * 8 * lp * lp * 4
-                 + sweeps * lp * lp * 4,
-                 cuda_flops=rounds * (15.0 * lp * lp + 30.0 * lp) + sweeps * 3.0 * lp * lp)
+        panels = rounds * _cdiv(lp, s["PB"])
+        # listed round first: when LLVM unrolls the panel loops into the round, their names find the
+        # round's SASS loop and count once (task_cycles)
+        w = Work([("H: partial sums", pairs * shape["DG"]), ("Jacobi: round", rounds),
+                  ("Jacobi: rotate H, W panel", panels), ("Jacobi: rotate back panel", panels),
+                  ("Jacobi: sweep", sweeps)],
+                 # per round: the angles (3 LP reads) and their 2 LP stores; H, W read 2x and written
+                 # (R^T, W'); R^T read 2x, H written; per sweep the off-diagonal mass (H read once)
+                 l2_bytes=shape["DG"] * pairs * cb * cb * 4 + 2 * lp * lp * 4
+                 + rounds * (9 * lp * lp + 5 * lp) * 4 + sweeps * lp * lp * 4,
+                 cuda_flops=rounds * (9.0 * lp * lp + 30.0 * lp) + sweeps * 3.0 * lp * lp)
     elif kind == K.K_SIGMA:
         kb = 32 if cb > 32 else cb
         ftiles = _cdiv(span, c["BD"])

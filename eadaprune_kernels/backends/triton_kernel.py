@@ -126,7 +126,7 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     sixteen_bit = dtype in (torch.float16, torch.bfloat16)
     return dict(
         LP=lp, BR=tile, BD=tile, BK=max(16, min(64, 2048 // lp)), BS=64, CB=min(lp, 64 if lp <= 128 else 32),
-        PB=max(1, min(lp, 1024 // lp)),
+        PB=max(1, min(lp, 4096 // lp)),
         RB=max(1, min(lp, 4096 // lp)), PSLOTS=8 if lp <= 128 else 4, MID_PASSES=1, FIN_PASSES=3,
         SPLIT16=sixteen_bit, PRESCALE16=dtype == torch.bfloat16, XPREC="tf32x3", SPREC="tf32x3",
         MAX_SWEEPS=MAX_SWEEPS, num_warps=8, num_stages=2,

@@ -19,7 +19,8 @@ Numerics (why these choices):
   updates are tensor-core products (3xTF32); M = L^-1 is then formed by block substitution.
 * Jacobi: two-sided, the parallel XOR ordering (round m pairs index i with i XOR m: a perfect matching;
   over a sweep every pair meets once), both indices of a pair use the angle computed from the lower
-  one's row (J stays orthogonal); H' = J^T H J and V' = V J row panel by row panel into a second buffer.
+  one's row (J stays orthogonal). A round rotates whole rows only (contiguous loads): R = J^T H is
+  stored transposed, J^T R^T = (J^T H J)^T replaces H, and V is kept as V^T (V^T <- J^T V^T).
   sigma_j = ||Z v_j|| afterwards (not sqrt(eig_j): an fp32 Gram's eigenvalues carry an absolute error
   u sigma_1^2, a sqrt(u) sigma_1 ~ 2.4e-4 sigma_1 floor under small singular values).
 """
@@ -231,54 +232,61 @@ def _off_diagonal(h, LP: tl.constexpr, PB: tl.constexpr):
 
 
 @triton.jit
-def jacobi_eigenvectors(h0, h1, v0, v1, vout, LP: tl.constexpr, PB: tl.constexpr, MAX_SWEEPS: tl.constexpr):
-    """Eigenvectors (columns, into ``vout``) of the symmetric h0 [LP, LP]; h1, v0, v1 are work buffers
-    (h0 is overwritten). Parallel two-sided Jacobi (see the module docstring); stops when the squared
-    off-diagonal mass is below (2 LP u)^2 ||H||_F^2 or after MAX_SWEEPS sweeps."""
+def _rotate_rows(src, cs, rows, m, LP: tl.constexpr):
+    """Rows ``rows`` of J^T src (J the rotations of round m, coefficients c, s at cs, cs + LP): row r is
+    c_r src[r, :] + s_r src[r XOR m, :], both rows read whole (contiguous loads)."""
+    o = tl.arange(0, LP)
+    c = tl.load(cs + rows, cache_modifier=".cg")
+    s = tl.load(cs + LP + rows, cache_modifier=".cg")
+    own = tl.load(src + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+    partner = tl.load(src + (rows ^ m)[:, None] * LP + o[None, :], cache_modifier=".cg")
+    return c[:, None] * own + s[:, None] * partner
+
+
+@triton.jit
+def jacobi_eigenvectors(h, t, cs, w0, w1, vout, LP: tl.constexpr, PB: tl.constexpr, MAX_SWEEPS: tl.constexpr):
+    """Eigenvectors (columns, into ``vout``) of the symmetric h [LP, LP] (overwritten); t [LP, LP],
+    cs [2 LP], w0 and w1 [LP, LP] are work buffers. Parallel two-sided Jacobi (see the module
+    docstring); stops when the squared off-diagonal mass is below (2 LP u)^2 ||H||_F^2 or after
+    MAX_SWEEPS sweeps.
+
+    Every product is a rotation of whole rows (contiguous, vectorised loads; no column gathers): a
+    round computes R = J^T H and stores R^T in t, then J^T R^T = (J^T H J)^T, the rotated matrix up to
+    rounding symmetric, back into h; the eigenvector matrix is kept transposed (W = V^T, W' = J^T W)
+    and written out as V at the end."""
     o = tl.arange(0, LP)
     o_p = tl.arange(0, PB)
     for r0 in range(0, LP, PB):
         rows = r0 + o_p
-        tl.store(v0 + rows[:, None] * LP + o[None, :], tl.where(rows[:, None] == o[None, :], 1.0, 0.0))
+        tl.store(w0 + rows[:, None] * LP + o[None, :], tl.where(rows[:, None] == o[None, :], 1.0, 0.0))
     tl.debug_barrier()
-    off, full = _off_diagonal(h0, LP, PB)
+    off, full = _off_diagonal(h, LP, PB)
     tol = (2.0 * LP * FP32_UNIT_ROUNDOFF) * (2.0 * LP * FP32_UNIT_ROUNDOFF) * full
-    hs = h0
-    hd = h1
-    vs = v0
-    vd = v1
+    ws = w0
+    wd = w1
     sweep = 0
     while (sweep < MAX_SWEEPS) & (off > tol):
         for m in range(1, LP):
-            partner = o ^ m
-            c_c, s_c = _pair_angles(hs, o, m, LP)  # column coefficients [LP]
-            for r0 in range(0, LP, PB):
-                rows = r0 + o_p
-                prow = rows ^ m
-                if PB == LP:
-                    c_r = c_c
-                    s_r = s_c
-                else:
-                    c_r, s_r = _pair_angles(hs, rows, m, LP)  # row coefficients [PB]
-                h_rr = tl.load(hs + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
-                h_pr = tl.load(hs + prow[:, None] * LP + o[None, :], cache_modifier=".cg")
-                h_rp = tl.load(hs + rows[:, None] * LP + partner[None, :], cache_modifier=".cg")
-                h_pp = tl.load(hs + prow[:, None] * LP + partner[None, :], cache_modifier=".cg")
-                rot = c_c[None, :] * (c_r[:, None] * h_rr + s_r[:, None] * h_pr) \
-                    + s_c[None, :] * (c_r[:, None] * h_rp + s_r[:, None] * h_pp)
-                tl.store(hd + rows[:, None] * LP + o[None, :], rot)
-                v_r = tl.load(vs + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
-                v_p = tl.load(vs + rows[:, None] * LP + partner[None, :], cache_modifier=".cg")
-                tl.store(vd + rows[:, None] * LP + o[None, :], c_c[None, :] * v_r + s_c[None, :] * v_p)
+            c, s = _pair_angles(h, o, m, LP)
+            tl.store(cs + o, c)
+            tl.store(cs + LP + o, s)
             tl.debug_barrier()
-            hs, hd = hd, hs
-            vs, vd = vd, vs
-        off, full = _off_diagonal(hs, LP, PB)
+            for r0 in range(0, LP, PB):  # R^T = (J^T H)^T into t, W' = J^T W
+                rows = r0 + o_p
+                tl.store(t + o[None, :] * LP + rows[:, None], _rotate_rows(h, cs, rows, m, LP))
+                tl.store(wd + rows[:, None] * LP + o[None, :], _rotate_rows(ws, cs, rows, m, LP))
+            tl.debug_barrier()
+            for r0 in range(0, LP, PB):  # H' = J^T R^T
+                rows = r0 + o_p
+                tl.store(h + rows[:, None] * LP + o[None, :], _rotate_rows(t, cs, rows, m, LP))
+            tl.debug_barrier()
+            ws, wd = wd, ws
+        off, full = _off_diagonal(h, LP, PB)
         sweep += 1
     for r0 in range(0, LP, PB):
         rows = r0 + o_p
-        tl.store(vout + rows[:, None] * LP + o[None, :],
-                 tl.load(vs + rows[:, None] * LP + o[None, :], cache_modifier=".cg"))
+        tl.store(vout + o[None, :] * LP + rows[:, None],
+                 tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg"))
     tl.debug_barrier()
 
 
@@ -311,8 +319,8 @@ def _symmetric_sum(part, nparts, hmat, LP: tl.constexpr, CB: tl.constexpr):
 def eigen_task(part, nparts, hmat, vmat, done, LP: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr,
                MAX_SWEEPS: tl.constexpr):
     """H = the sum of the ``nparts`` partial Grams Z^T Z into hmat, then its eigenvectors into vmat by
-    Jacobi (the first three partial slots are the work buffers). A task: counts ``done``."""
+    Jacobi (the first four partial slots are its work buffers). A task: counts ``done``."""
     LL: tl.constexpr = LP * LP
     _symmetric_sum(part, nparts, hmat, LP, CB)
-    jacobi_eigenvectors(hmat, part, part + LL, part + 2 * LL, vmat, LP, PB, MAX_SWEEPS)
+    jacobi_eigenvectors(hmat, part, part + LL, part + 2 * LL, part + 3 * LL, vmat, LP, PB, MAX_SWEEPS)
     count_done(done)
