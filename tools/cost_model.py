@@ -23,7 +23,7 @@ For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the m
    software-pipelined (one 8-warp program per SM has little other work to hide them);
 4. describes the kernel as its stages, from ``launch_plan`` / ``stage_list`` (the real task counts:
    GR / GD rows / features per group, NG / DG groups per image): for every stage kind, the work of ONE
-   task from its row or feature range and the tiling (BR, BD, BK, CB, LP, PB, RB, BS and the section's
+   task from its row or feature range and the tiling (BR, BD, BK, CB, LP, JB, RB, BS and the section's
    own constexprs): iterations of which SASS loop, bytes (HBM: tokens and outputs; L2: the fp32
    scratch), tensor-core FLOPs (16-bit and tf32; 3xTF32 counts 3 products) and CUDA-core FLOPs. The rest
    of a task's SASS function (code outside the loops named for it) is counted once per task;
@@ -343,9 +343,12 @@ LOOP_MARKERS = {
                             "tl.store(w_img + cols[:, None] * LP + o_l[None, :], acc, mask=(cols < col1)[:, None])"),
     # Jacobi (eigen_task: _symmetric_sum, jacobi_eigenvectors)
     "H: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
-    "Jacobi: round": ("jacobi_eigenvectors", "tl.store(cs + LP + o, s)"),
-    "Jacobi: rotate H, W panel": ("jacobi_eigenvectors", "tl.store(t + o[None, :] * LP + rows[:, None], _rotate_rows("),
-    "Jacobi: rotate back panel": ("jacobi_eigenvectors", "tl.store(h + rows[:, None] * LP + o[None, :], _rotate_rows("),
+    "Jacobi: group": ("jacobi_eigenvectors", "sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=\".cg\")"),
+    "Jacobi: round": ("_jacobi_round", "sub = c[:, None, :] * rows + s[:, None, :] * tl.gather(rows, partner_cols, 2)"),
+    "Jacobi: apply set": ("jacobi_eigenvectors",
+                          "tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))"),
+    "Jacobi: apply back set": ("jacobi_eigenvectors",
+                               "tl.store(h + rows[:, None] * LP + o[None, :], tl.dot(u_t, t_rows, input_precision=SPREC))"),
     "Jacobi: sweep": ("_off_diagonal", "off += tl.sum(tl.where(rows[:, None] == o[None, :], 0.0, sq), 1)"),
     # sigma partials (sigma_partial)
     "sigma: Z V chunk": ("sigma_partial", "b_zv = tl.dot(b_z, b_v, b_zv, input_precision=SPREC)"),
@@ -556,17 +559,18 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         w.add(gram_part(span))
     elif kind == K.K_EIG:
         rounds = sweeps * (lp - 1)
-        panels = rounds * _cdiv(lp, s["PB"])
-        # listed round first: when LLVM unrolls the panel loops into the round, their names find the
-        # round's SASS loop and count once (task_cycles)
-        w = Work([("H: partial sums", pairs * shape["DG"]), ("Jacobi: round", rounds),
-                  ("Jacobi: rotate H, W panel", panels), ("Jacobi: rotate back panel", panels),
-                  ("Jacobi: sweep", sweeps)],
-                 # per round: the angles (3 LP reads) and their 2 LP stores; H, W read 2x and written
-                 # (R^T, W'); R^T read 2x, H written; per sweep the off-diagonal mass (H read once)
-                 l2_bytes=shape["DG"] * pairs * cb * cb * 4 + 2 * lp * lp * 4
-                 + rounds * (9 * lp * lp + 5 * lp) * 4 + sweeps * lp * lp * 4,
-                 cuda_flops=rounds * (9.0 * lp * lp + 30.0 * lp) + sweeps * 3.0 * lp * lp)
+        s2 = 2 * s["JB"]
+        groups = sweeps * (lp // s["JB"])
+        sets = groups * (lp // s2)
+        w = Work([("H: partial sums", pairs * shape["DG"]), ("Jacobi: group", groups), ("Jacobi: round", rounds),
+                  ("Jacobi: apply set", sets), ("Jacobi: apply back set", sets), ("Jacobi: sweep", sweeps)],
+                 # W = I written, V = W^T read and written; per group: the subproblems gathered, U
+                 # stored and read twice, H and W read and written (R^T, W'), R^T read, H written; per
+                 # sweep the off-diagonal mass (H read once)
+                 l2_bytes=shape["DG"] * pairs * cb * cb * 4 + 3 * lp * lp * 4
+                 + groups * (4 * lp * s2 + 6 * lp * lp) * 4 + sweeps * lp * lp * 4,
+                 tf32_flops=groups * 3 * 6.0 * s2 * lp * lp,
+                 cuda_flops=rounds * (9.0 * lp * s2 + 40.0 * lp) + sweeps * 3.0 * lp * lp)
     elif kind == K.K_SIGMA:
         kb = 32 if cb > 32 else cb
         ftiles = _cdiv(span, c["BD"])

@@ -115,7 +115,7 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     and tools/cost_model.py).
 
     LP = the padded sketch width; BR / BD rows / features per tile (a [BR, LP] fp32 accumulator is
-    32 KB); CB the l x l block; PB / RB rows of the Jacobi / budget panels; PSLOTS the Gram partials
+    32 KB); CB the l x l block; JB the rows of a Jacobi block (subproblems of 2 JB); RB rows of the budget panels; PSLOTS the Gram partials
     (and groups) per image side. Products with X: float16 / bfloat16 tokens stay exact and the fp32
     operand is split into 16-bit parts (SPLIT16); float32 / float64 tokens are centred in fp32 and
     multiplied in 3xTF32 (XPREC). The l x l work is 3xTF32 (SPREC). Never plain TF32: sm_90 truncates
@@ -126,7 +126,7 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     sixteen_bit = dtype in (torch.float16, torch.bfloat16)
     return dict(
         LP=lp, BR=tile, BD=tile, BK=max(16, min(64, 2048 // lp)), BS=64, CB=min(lp, 64 if lp <= 128 else 32),
-        PB=max(1, min(lp, 4096 // lp)),
+        JB=min(lp // 2, 2048 // lp),
         RB=max(1, min(lp, 4096 // lp)), PSLOTS=8 if lp <= 128 else 4, MID_PASSES=1, FIN_PASSES=3,
         SPLIT16=sixteen_bit, PRESCALE16=dtype == torch.bfloat16, XPREC="tf32x3", SPREC="tf32x3",
         MAX_SWEEPS=MAX_SWEEPS, num_warps=8, num_stages=2,
@@ -352,7 +352,7 @@ def _image_task(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    PB: tl.constexpr,
+    JB: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -449,7 +449,7 @@ def _image_task(
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part_g, done, CENTER,
                        IS_F64, SPLIT16, PRESCALE16, 3, XPREC, LP, BD, BK, CB, SPREC)
         elif kind == 9:
-            eigen_task(part_img, DG, a_mat, m_mat, done, LP, CB, PB, MAX_SWEEPS)
+            eigen_task(part_img, DG, a_mat, m_mat, done, LP, CB, JB, MAX_SWEEPS, SPREC)
         elif kind == 10:
             sigma_partial(w_img, col0, col1, m_mat, SIGP + (b64 * PSLOTS + g) * LP, done, LP, CB, BD, SPREC)
         elif kind == 11:
@@ -489,7 +489,7 @@ def _eadaprune_kernel(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    PB: tl.constexpr,
+    JB: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -528,7 +528,7 @@ def _eadaprune_kernel(
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
                 GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
-                LP, BR, BD, BK, BS, CB, PB, RB, PSLOTS, MID_PASSES, FIN_PASSES,
+                LP, BR, BD, BK, BS, CB, JB, RB, PSLOTS, MID_PASSES, FIN_PASSES,
                 CENTER, IS_F64, SC_F64, SELECT, SPLIT16, PRESCALE16, XPREC, SPREC, MAX_SWEEPS, MAX_WAITS,
                 HAS_SKETCH, HAS_SCORES, HAS_BUDGETS, RAGGED,
             )
@@ -651,12 +651,6 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     else:
         sc, ssc = None, (0, 0)
 
-    launch_settings = {k: v for k, v in settings.items()}
-    if interpreting and settings["LP"] >= 256:
-        # Jacobi in one panel of LP rows instead of LP / PB = 64: the same rotation element for
-        # element (a panel only bounds a GPU thread's registers), 64 times fewer interpreted steps.
-        # The panel path itself stays interpreted at LP = 32 .. 128 (the production-shape tests).
-        launch_settings["PB"] = settings["LP"]
     # The interpreter swaps module-level hooks while it runs a kernel: it is not thread-safe, so
     # interpreted launches are serialised (compiled GPU launches are not affected).
     if interpreting:  # the interpreter multiplies bf16 bit patterns in tl.dot unless told otherwise
@@ -683,7 +677,7 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
                                          ragged=ragged, center=cfg.center, select=select,
                                          scores_f64=scores is not None and scores.dtype == torch.float64,
                                          power_iters=cfg.power_iters, interpreted=interpreting)),
-            **launch_settings,
+            **settings,
         )
     if interpreting and int(counters[_C_WAITS]) != 0:
         raise RuntimeError(

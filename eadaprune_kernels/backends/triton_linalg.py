@@ -196,23 +196,48 @@ def apply_inverse_transpose(ws, row0, row1, mmat, LP: tl.constexpr, CB: tl.const
 
 
 @triton.jit
-def _pair_angles(h, idx, m, LP: tl.constexpr):
-    """(c, s) of the Jacobi rotation that index ``idx`` belongs to in round m (partner idx XOR m):
-    the angle of the pair (lo, hi) from H[lo, hi], H[lo, lo], H[hi, hi]; s is the coefficient of the
-    partner row / column (-t c for the lower index, t c for the upper)."""
-    partner = idx ^ m
-    lo = tl.minimum(idx, partner)
-    hi = tl.maximum(idx, partner)
-    a_ll = tl.load(h + lo * LP + lo, cache_modifier=".cg")
-    a_hh = tl.load(h + hi * LP + hi, cache_modifier=".cg")
-    a_lh = tl.load(h + lo * LP + hi, cache_modifier=".cg")
+def _rotation(a_ll, a_hh, a_lh, lower):
+    """(c, s) of the Jacobi rotation that annihilates a_lh of the pair (lo, hi) with diagonal a_ll,
+    a_hh; s is the coefficient of the partner row / column (-t c for the lower index, t c for the
+    upper)."""
     diff = a_hh - a_ll
     sgn = tl.where(diff >= 0.0, 1.0, -1.0)
     den = tl.abs(diff) + tl.sqrt(diff * diff + 4.0 * a_lh * a_lh)
     t = tl.where(den > 0.0, sgn * 2.0 * a_lh / tl.where(den > 0.0, den, 1.0), 0.0)
     c = 1.0 / tl.sqrt(1.0 + t * t)
-    s = tl.where(idx < partner, -t * c, t * c)
-    return c, s
+    return c, tl.where(lower, -t * c, t * c)
+
+
+@triton.jit
+def _jacobi_round(sub, u, ml, NS: tl.constexpr, S2: tl.constexpr):
+    """One Jacobi round on the NS independent symmetric subproblems sub [NS, S2, S2], in registers:
+    local index a pairs with a XOR ml; sub <- J^T sub J, u <- u J (u accumulates the rotations)."""
+    a = tl.arange(0, S2)
+    a_r = a[None, :, None]
+    a_c = a[None, None, :]
+    d = tl.sum(tl.where(a_c == a_r, sub, 0.0), 2)  # [NS, S2]: sub[i, i]
+    e = tl.sum(tl.where(a_c == (a_r ^ ml), sub, 0.0), 2)  # [NS, S2]: sub[i, partner(i)]
+    to_partner = tl.broadcast_to((a ^ ml)[None, :], [NS, S2])
+    d_p = tl.gather(d, to_partner, 1)
+    e_p = tl.gather(e, to_partner, 1)
+    lower = a[None, :] < (a ^ ml)[None, :]
+    c, s = _rotation(tl.where(lower, d, d_p), tl.where(lower, d_p, d), tl.where(lower, e, e_p), lower)
+    rows = c[:, :, None] * sub + s[:, :, None] * tl.gather(sub, tl.broadcast_to(a_r ^ ml, [NS, S2, S2]), 1)
+    partner_cols = tl.broadcast_to(a_c ^ ml, [NS, S2, S2])
+    sub = c[:, None, :] * rows + s[:, None, :] * tl.gather(rows, partner_cols, 2)
+    u = c[:, None, :] * u + s[:, None, :] * tl.gather(u, partner_cols, 2)
+    return sub, u
+
+
+@triton.jit
+def _set_indices(sets, a, g, half, JB: tl.constexpr):
+    """Global indices of local index ``a`` of the sets ``sets`` in group g: set s joins block P_s (the
+    s-th block whose bit ``half`` is 0; ``half`` = the highest power of two <= max(g, 1)) with block
+    P_s XOR max(g, 1); local indices [0, JB) are P_s's rows, [JB, 2 JB) the partner block's."""
+    low = sets % half
+    block = (sets - low) * 2 + low
+    block = block ^ tl.where(a >= JB, tl.maximum(g, 1), 0)
+    return block * JB + a % JB
 
 
 @triton.jit
@@ -232,61 +257,74 @@ def _off_diagonal(h, LP: tl.constexpr, PB: tl.constexpr):
 
 
 @triton.jit
-def _rotate_rows(src, cs, rows, m, LP: tl.constexpr):
-    """Rows ``rows`` of J^T src (J the rotations of round m, coefficients c, s at cs, cs + LP): row r is
-    c_r src[r, :] + s_r src[r XOR m, :], both rows read whole (contiguous loads)."""
-    o = tl.arange(0, LP)
-    c = tl.load(cs + rows, cache_modifier=".cg")
-    s = tl.load(cs + LP + rows, cache_modifier=".cg")
-    own = tl.load(src + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
-    partner = tl.load(src + (rows ^ m)[:, None] * LP + o[None, :], cache_modifier=".cg")
-    return c[:, None] * own + s[:, None] * partner
-
-
-@triton.jit
-def jacobi_eigenvectors(h, t, cs, w0, w1, vout, LP: tl.constexpr, PB: tl.constexpr, MAX_SWEEPS: tl.constexpr):
+def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+                        SPREC: tl.constexpr):
     """Eigenvectors (columns, into ``vout``) of the symmetric h [LP, LP] (overwritten); t [LP, LP],
-    cs [2 LP], w0 and w1 [LP, LP] are work buffers. Parallel two-sided Jacobi (see the module
-    docstring); stops when the squared off-diagonal mass is below (2 LP u)^2 ||H||_F^2 or after
-    MAX_SWEEPS sweeps.
+    uset [LP * 2 JB], w0 and w1 [LP, LP] are work buffers. Parallel two-sided Jacobi in the XOR
+    ordering (see the module docstring); stops when the squared off-diagonal mass is below
+    (2 LP u)^2 ||H||_F^2 or after MAX_SWEEPS sweeps.
 
-    Every product is a rotation of whole rows (contiguous, vectorised loads; no column gathers): a
-    round computes R = J^T H and stores R^T in t, then J^T R^T = (J^T H J)^T, the rotated matrix up to
-    rounding symmetric, back into h; the eigenvector matrix is kept transposed (W = V^T, W' = J^T W)
-    and written out as V at the end."""
+    Blocked, with the same rotations in the same order: the rounds m = g JB .. g JB + JB - 1 (group g;
+    group 0 starts at m = 1) pair index r with r XOR m, which stays in the union of its JB-row block
+    and the block XOR g (for g = 0: the block itself). Those unions are independent 2 JB x 2 JB
+    subproblems for the whole group: they are gathered once, the group's rounds run on them in
+    registers (accumulating each subproblem's rotations in U), and then H <- U^T H U and
+    W <- U^T W (W = V^T) are applied once as tensor-core products. R = U^T H is stored transposed and
+    U^T R^T = (U^T H U)^T, up to rounding symmetric, replaces H. The products are 3xTF32: sm_90
+    truncates the small parts' low bits, a bias of ~2^-21 per product that would shrink the
+    eigenvectors' norms by ~1e-6 per group (3.7e-5 seen at LP = 128); each eigenvector is normalised
+    at the end (the angles between them stay accurate to ~1e-6)."""
+    S2: tl.constexpr = 2 * JB
+    NS: tl.constexpr = LP // S2
     o = tl.arange(0, LP)
-    o_p = tl.arange(0, PB)
-    for r0 in range(0, LP, PB):
-        rows = r0 + o_p
+    o_b = tl.arange(0, JB)
+    a = tl.arange(0, S2)
+    sets = tl.arange(0, NS)
+    for r0 in range(0, LP, JB):
+        rows = r0 + o_b
         tl.store(w0 + rows[:, None] * LP + o[None, :], tl.where(rows[:, None] == o[None, :], 1.0, 0.0))
     tl.debug_barrier()
-    off, full = _off_diagonal(h, LP, PB)
+    off, full = _off_diagonal(h, LP, JB)
     tol = (2.0 * LP * FP32_UNIT_ROUNDOFF) * (2.0 * LP * FP32_UNIT_ROUNDOFF) * full
+    eye = tl.where(a[None, :, None] == a[None, None, :], 1.0, 0.0) + tl.zeros([NS, S2, S2], dtype=tl.float32)
     ws = w0
     wd = w1
     sweep = 0
     while (sweep < MAX_SWEEPS) & (off > tol):
-        for m in range(1, LP):
-            c, s = _pair_angles(h, o, m, LP)
-            tl.store(cs + o, c)
-            tl.store(cs + LP + o, s)
+        half = 1
+        for g in range(LP // JB):
+            if g >= 2 * half:
+                half *= 2
+            idx = _set_indices(sets[:, None], a[None, :], g, half, JB)  # [NS, S2]
+            sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=".cg")
+            u = eye
+            across = 1 - 1 // (g + 1)  # 0 for group 0 (pairs within blocks, from m = 1), else 1
+            for ml in range(1 + (JB - 1) * across, JB + JB * across):
+                sub, u = _jacobi_round(sub, u, ml, NS, S2)
+            tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
             tl.debug_barrier()
-            for r0 in range(0, LP, PB):  # R^T = (J^T H)^T into t, W' = J^T W
-                rows = r0 + o_p
-                tl.store(t + o[None, :] * LP + rows[:, None], _rotate_rows(h, cs, rows, m, LP))
-                tl.store(wd + rows[:, None] * LP + o[None, :], _rotate_rows(ws, cs, rows, m, LP))
+            for st in range(NS):  # R^T = (U^T H)^T into t, W' = U^T W
+                rows = _set_indices(st, a, g, half, JB)
+                u_t = tl.trans(tl.load(uset + st * (S2 * S2) + a[:, None] * S2 + a[None, :], cache_modifier=".cg"))
+                h_rows = tl.load(h + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+                tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))
+                w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+                tl.store(wd + rows[:, None] * LP + o[None, :], tl.dot(u_t, w_rows, input_precision=SPREC))
             tl.debug_barrier()
-            for r0 in range(0, LP, PB):  # H' = J^T R^T
-                rows = r0 + o_p
-                tl.store(h + rows[:, None] * LP + o[None, :], _rotate_rows(t, cs, rows, m, LP))
+            for st in range(NS):  # H' = U^T R^T
+                rows = _set_indices(st, a, g, half, JB)
+                u_t = tl.trans(tl.load(uset + st * (S2 * S2) + a[:, None] * S2 + a[None, :], cache_modifier=".cg"))
+                t_rows = tl.load(t + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+                tl.store(h + rows[:, None] * LP + o[None, :], tl.dot(u_t, t_rows, input_precision=SPREC))
             tl.debug_barrier()
             ws, wd = wd, ws
-        off, full = _off_diagonal(h, LP, PB)
+        off, full = _off_diagonal(h, LP, JB)
         sweep += 1
-    for r0 in range(0, LP, PB):
-        rows = r0 + o_p
-        tl.store(vout + o[None, :] * LP + rows[:, None],
-                 tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg"))
+    for r0 in range(0, LP, JB):  # V = W^T, each eigenvector normalised (see the docstring)
+        rows = r0 + o_b
+        w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+        norms = tl.sqrt(tl.sum(w_rows * w_rows, 1))
+        tl.store(vout + o[None, :] * LP + rows[:, None], w_rows / tl.where(norms > 0.0, norms, 1.0)[:, None])
     tl.debug_barrier()
 
 
@@ -316,11 +354,11 @@ def _symmetric_sum(part, nparts, hmat, LP: tl.constexpr, CB: tl.constexpr):
 
 
 @triton.jit(noinline=True)
-def eigen_task(part, nparts, hmat, vmat, done, LP: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr,
-               MAX_SWEEPS: tl.constexpr):
+def eigen_task(part, nparts, hmat, vmat, done, LP: tl.constexpr, CB: tl.constexpr, JB: tl.constexpr,
+               MAX_SWEEPS: tl.constexpr, SPREC: tl.constexpr):
     """H = the sum of the ``nparts`` partial Grams Z^T Z into hmat, then its eigenvectors into vmat by
     Jacobi (the first four partial slots are its work buffers). A task: counts ``done``."""
     LL: tl.constexpr = LP * LP
     _symmetric_sum(part, nparts, hmat, LP, CB)
-    jacobi_eigenvectors(hmat, part, part + LL, part + 2 * LL, part + 3 * LL, vmat, LP, PB, MAX_SWEEPS)
+    jacobi_eigenvectors(hmat, part, part + LL, part + 2 * LL, part + 3 * LL, vmat, LP, JB, MAX_SWEEPS, SPREC)
     count_done(done)

@@ -1,0 +1,67 @@
+"""The l x l routines of the Triton kernel on their own: the blocked Jacobi eigensolver against
+matrices whose eigen-decomposition is known (float64), under the sm_90 emulation (conftest), at every
+padded sketch width the kernel uses."""
+
+import pytest
+import torch
+
+from conftest import INTERPRETING
+
+triton = pytest.importorskip("triton")
+if not (INTERPRETING or torch.cuda.is_available()):
+    pytest.skip("Triton needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
+
+import triton.language as tl  # noqa: E402
+
+from eadaprune_kernels.backends.triton_kernel import MAX_SWEEPS, kernel_settings  # noqa: E402
+from eadaprune_kernels.backends.triton_linalg import jacobi_eigenvectors  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETING else "cpu"
+
+
+@triton.jit
+def _jacobi_kernel(H, WORK, V, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr, SPREC: tl.constexpr):
+    LL = LP * LP
+    jacobi_eigenvectors(H, WORK, WORK + LL, WORK + 2 * LL, WORK + 3 * LL, V, LP, JB, MAX_SWEEPS, SPREC)
+
+
+def _jacobi(h: torch.Tensor) -> torch.Tensor:
+    lp = h.shape[0]
+    settings = kernel_settings(torch.float32, lp)
+    work = torch.full((4, lp, lp), float("nan"), device=DEVICE)
+    v = torch.full((lp, lp), float("nan"), device=DEVICE)
+    _jacobi_kernel[(1,)](h.clone(), work, v, LP=lp, JB=settings["JB"], MAX_SWEEPS=MAX_SWEEPS,
+                         SPREC=settings["SPREC"], num_warps=settings["num_warps"])
+    return v
+
+
+def _known(lp: int, eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(lp, lp, generator=g, dtype=torch.float64))
+    return (q * eigenvalues) @ q.T
+
+
+@pytest.mark.parametrize("lp", [16, 32, 64, 128, 256])
+def test_jacobi_diagonalises_a_known_spectrum(lp):
+    g = torch.Generator().manual_seed(lp)
+    lam = torch.rand(lp, generator=g, dtype=torch.float64) ** 4 * 10.0 ** torch.linspace(0, -5, lp, dtype=torch.float64)
+    lam[lp // 3: lp // 3 + 4] = lam[lp // 3]  # a repeated eigenvalue
+    lam[-lp // 4:] = 0.0  # rank-deficient, as padded sketch columns are
+    h64 = _known(lp, lam, seed=lp + 1)
+    h = h64.to(torch.float32).to(DEVICE)
+    v = _jacobi(h).double().cpu()
+    assert torch.isfinite(v).all(), "unwritten or non-finite eigenvector entries"
+    eye = torch.eye(lp, dtype=torch.float64)
+    assert (v.T @ v - eye).abs().max() < 1e-5
+    d = v.T @ h.double().cpu() @ v
+    scale = lam.abs().max()
+    off = d - torch.diag(torch.diag(d))
+    assert off.abs().max() < 2e-5 * scale
+    assert torch.allclose(torch.sort(torch.diag(d)).values, torch.sort(lam).values, atol=2e-6 * scale, rtol=0)
+
+
+def test_jacobi_of_a_diagonal_matrix_returns_a_permutation_free_identity():
+    lp = 64
+    h = torch.diag(torch.linspace(3.0, 1.0, lp)).to(DEVICE)
+    v = _jacobi(h).cpu()
+    assert torch.equal(v, torch.eye(lp))
