@@ -23,7 +23,7 @@ For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the m
    software-pipelined (one 8-warp program per SM has little other work to hide them);
 4. describes the kernel as its stages, from ``launch_plan`` / ``stage_list`` (the real task counts:
    GR / GD rows / features per group, NG / DG groups per image): for every stage kind, the work of ONE
-   task from its row or feature range and the tiling (BR, BD, BK, CB, LP, JB, RB, BS and the section's
+   task from its row or feature range and the tiling (BR, BD, BK, CB, FB, LP, JB, RB, BS and the section's
    own constexprs): iterations of which SASS loop, bytes (HBM: tokens and outputs; L2: the fp32
    scratch), tensor-core FLOPs (16-bit and tf32; 3xTF32 counts 3 products) and CUDA-core FLOPs. The rest
    of a task's SASS function (code outside the loops named for it) is counted once per task;
@@ -316,11 +316,13 @@ LOOP_MARKERS = {
     "stats: sums + X Omega chunk": ("stats_and_sketch", "ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)"),
     "stats: row tile": ("stats_and_sketch", "tl.store(TSCAL + t * 4 + 1, ss)"),
     # reduce (reduce_image)
-    "reduce: tile max": ("reduce_image", "bad = tl.maximum(bad, tl.load(TSCAL + (tile0 + k) * 4 + 3"),
-    "reduce: tile energies": ("reduce_image", "ss += tl.load(TSCAL + (tile0 + k) * 4 + 1"),
-    "reduce: tile sums": ("reduce_image", "total += tl.load(TSUM + (tile0 + k) * D + cols"),
-    "reduce: tile deviations": ("reduce_image", "b_dev = tl.where(m_d, b_m - b_mu, 0.0)"),
-    "reduce: column chunk": ("reduce_image", "c_om += tl.sum(b_mu[:, None] * b_om, 0)"),
+    # (its two loops over the tiles' scalars run once per REDUCE_TILES tiles: counted with the task's
+    # rest; ptxas lays the function's tail out between its loops, which the loop finder takes for
+    # loops too, so the markers are statements that only the real loops hold)
+    "reduce: tile sums": ("reduce_image", "b_s = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :]"),
+    "reduce: tile deviations": ("reduce_image",
+                                "b_m = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :], other=0.0,"),
+    "reduce: column chunk": ("reduce_image", "b_mu = total / tl.maximum(n_img, 1)"),
     # fix Y (fix_sketch)
     "fix Y: row tile": ("fix_sketch", "tl.store(q_img + rows[:, None] * LP + o_l[None, :], y, mask=m_r[:, None])"),
     # Gram partial (gram_partial, inlined into fix_sketch, x_times_w, xt_times_q, apply_task)
@@ -329,7 +331,7 @@ LOOP_MARKERS = {
     # Cholesky inverse (cholesky_inverse, _chol_small)
     "Cholesky: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
     "Cholesky: step": ("_chol_small", "A = A - low[:, None] * low[None, :]"),
-    "Cholesky: block column": ("cholesky_inverse", "l_ik = tl.dot(_load_block(amat, i, k, LP, CB), tl.trans(m_kk)"),
+    "Cholesky: block column": ("cholesky_inverse", "l_ik = tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(m_kk)"),
     # apply L^-T (apply_inverse_transpose in apply_task)
     "apply: block product": ("apply_inverse_transpose",
                              "acc = tl.dot(y, tl.trans(_load_block(mmat, jb, kb, LP, CB)), acc, input_precision=SPREC)"),
@@ -518,16 +520,19 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
                  **x_product(span, d, lp, 2))
     elif kind == K.K_REDUCE:
         ntiles, chunks = _cdiv(n, br), _cdiv(d, c["BD"])
-        w = Work([("reduce: tile max", ntiles), ("reduce: tile energies", ntiles),
-                  ("reduce: tile sums", chunks * ntiles), ("reduce: tile deviations", chunks * ntiles),
+        blocks = _cdiv(ntiles, tasks_module.REDUCE_TILES.value)  # tiles read REDUCE_TILES at a time
+        w = Work([("reduce: tile sums", chunks * blocks), ("reduce: tile deviations", chunks * blocks),
                   ("reduce: column chunk", chunks)],
                  l2_bytes=2 * ntiles * d * 4 + d * lp * 4 + d * 4, cuda_flops=2.0 * d * lp + 6.0 * ntiles * d)
     elif kind == K.K_FIXY:
         tiles = _cdiv(span, br)
         w = Work([("fix Y: row tile", tiles)], l2_bytes=2 * span * lp * 4, cuda_flops=2.0 * span * lp)
         w.add(gram_part(span))
-    elif kind == K.K_CHOL:
+    elif kind == K.K_CHOL:  # on FB x FB blocks
         nparts = shape["NG"] if side == 0 else shape["DG"]
+        cb = s["FB"]
+        nb = lp // cb
+        pairs = nb * (nb + 1) // 2
         panels = nb * (nb - 1) // 2
         trailing = sum((nb - k - 1) * (nb - k) // 2 for k in range(nb))
         m_blocks = sum(i - j + 1 for i in range(1, nb) for j in range(i))
@@ -535,8 +540,8 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
             1 + sum(2 * (i - j) + 1 for j in range(i)) for i in range(1, nb)) + panels
         w = Work([("Cholesky: partial sums", pairs),
                   ("Cholesky: step", nb * cb), ("Cholesky: block column", nb)],
-                 l2_bytes=blocks * cb * cb * 4, tf32_flops=3 * 2.0 * cb ** 3 * (panels + trailing + m_blocks),
-                 cuda_flops=4.0 * cb ** 3 * nb)
+                 l2_bytes=blocks * cb * cb * 4,  # block products in fp32 on the CUDA cores, like the steps
+                 cuda_flops=2.0 * cb ** 3 * (panels + trailing + m_blocks) + 4.0 * cb ** 3 * nb)
     elif kind == K.K_APPLY:
         tile = br if side == 0 else bd
         tiles = _cdiv(span, tile)

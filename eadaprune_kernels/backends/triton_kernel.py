@@ -115,7 +115,7 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     and tools/cost_model.py).
 
     LP = the padded sketch width; BR / BD rows / features per tile (a [BR, LP] fp32 accumulator is
-    32 KB); CB the l x l block; JB the rows of a Jacobi block (subproblems of 2 JB); RB rows of the budget panels; PSLOTS the Gram partials
+    32 KB); CB the l x l block (FB the Cholesky's, smaller: its diagonal blocks factor by FB dependent steps); JB the rows of a Jacobi block (subproblems of 2 JB); RB rows of the budget panels; PSLOTS the Gram partials
     (and groups) per image side. Products with X: float16 / bfloat16 tokens stay exact and the fp32
     operand is split into 16-bit parts (SPLIT16); float32 / float64 tokens are centred in fp32 and
     multiplied in 3xTF32 (XPREC). The l x l work is 3xTF32 (SPREC). Never plain TF32: sm_90 truncates
@@ -123,10 +123,17 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     """
     lp = max(16, _next_pow2(sketch_size))
     tile = max(16, min(64, 4096 // lp))
+    # BK: the largest power of two in 16 .. 64 whose operand chunks [BK, tile] and [BK, LP] hold at
+    # most 6144 elements together (ptxas: 8192 spilled at LP 64 and 128)
+    chunk = 16
+    while chunk < 64 and 2 * chunk * (lp + tile) <= 6144:
+        chunk *= 2
     sixteen_bit = dtype in (torch.float16, torch.bfloat16)
     return dict(
-        LP=lp, BR=tile, BD=tile, BK=max(16, min(64, 2048 // lp)), BS=64, CB=min(lp, 64 if lp <= 128 else 32),
-        JB=min(lp // 2, 2048 // lp),
+        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), FB=min(lp, 32),
+        # JB: the Jacobi subproblems [LP, 2 JB] hold at most 4096 elements (LP = 64 with JB = 32
+        # spilled); JB >= 8 makes the group products' K = 2 JB >= 16, what tl.dot needs
+        JB=max(8, min(lp // 4, 2048 // lp)),
         RB=max(1, min(lp, 4096 // lp)), PSLOTS=8 if lp <= 128 else 4, MID_PASSES=1, FIN_PASSES=3,
         SPLIT16=sixteen_bit, PRESCALE16=dtype == torch.bfloat16, XPREC="tf32x3", SPREC="tf32x3",
         MAX_SWEEPS=MAX_SWEEPS, num_warps=8, num_stages=2,
@@ -352,7 +359,7 @@ def _image_task(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    JB: tl.constexpr,
+    FB: tl.constexpr, JB: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -433,7 +440,7 @@ def _image_task(
             fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile_g, n_img, D, l_img, OMS, mu_img, img_f64, cw_img, part_g,
                        done, CENTER, IS_F64, SPLIT16, PRESCALE16, LP, BR, CB, BK, SPREC)
         elif kind == 4:
-            cholesky_inverse(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, CB, SPREC)
+            cholesky_inverse(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, FB)
         elif kind == 5:
             if side == 0:
                 apply_task(q_img, row0, row1, m_mat, part_g, gram, done, LP, CB, BR, BK, SPREC)
@@ -489,7 +496,7 @@ def _eadaprune_kernel(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    JB: tl.constexpr,
+    FB: tl.constexpr, JB: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -528,7 +535,7 @@ def _eadaprune_kernel(
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
                 GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
-                LP, BR, BD, BK, BS, CB, JB, RB, PSLOTS, MID_PASSES, FIN_PASSES,
+                LP, BR, BD, BK, BS, CB, FB, JB, RB, PSLOTS, MID_PASSES, FIN_PASSES,
                 CENTER, IS_F64, SC_F64, SELECT, SPLIT16, PRESCALE16, XPREC, SPREC, MAX_SWEEPS, MAX_WAITS,
                 HAS_SKETCH, HAS_SCORES, HAS_BUDGETS, RAGGED,
             )

@@ -16,7 +16,8 @@ Numerics (why these choices):
   final basis takes three passes (working precision).
 * Blocked right-looking Cholesky: CB x CB diagonal blocks factor in registers by CB rank-1 steps that
   read the pivot column with a masked reduction (no gather of the whole block); panels and trailing
-  updates are tensor-core products (3xTF32); M = L^-1 is then formed by block substitution.
+  updates are fp32 block products (not 3xTF32: see cholesky_inverse); M = L^-1 is then formed by block
+  substitution.
 * Jacobi: two-sided, the parallel XOR ordering (round m pairs index i with i XOR m: a perfect matching;
   over a sweep every pair meets once), both indices of a pair use the angle computed from the lower
   one's row (J stays orthogonal). A round rotates whole rows only (contiguous loads): R = J^T H is
@@ -121,54 +122,61 @@ def _chol_small(A, shift, CB: tl.constexpr):
 
 
 @triton.jit(noinline=True)
-def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, CB: tl.constexpr, SPREC: tl.constexpr):
+def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.constexpr):
     """mmat = L^-1 (lower, [LP, LP]) with L L^T = G + s I, G = the sum of the ``nparts`` partial Grams
     (lower blocks, [LP, LP] each, consecutive from ``part``), s = CHOL_SHIFT * max diag G (at least
     PIVOT_FLOOR). ``amat`` is the work matrix (it ends holding L's off-diagonal blocks). A task: counts
     ``done`` when finished.
 
-    Blocked right-looking: factor the diagonal block in registers (_chol_small gives its inverse
+    Blocked right-looking on FB x FB blocks (FB divides the partial Grams' block CB, so their lower CB
+    blocks hold every lower FB block; a diagonal block's FB dependent rank-1 steps cost ~2x less on
+    32 x 32 than on 64 x 64): factor the diagonal block in registers (_chol_small gives its inverse
     M_kk directly), panel L_ik = A_ik M_kk^T, trailing update A_ij -= L_ik L_jk^T; then
     M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. Partials are summed in a fixed order (deterministic).
+
+    The block products are plain fp32 (``ieee``, CUDA cores), like the rank-1 steps: 3xTF32 truncates
+    its small parts on sm_90, a bias of ~5e-7 of the entries, too close to the shift (1e-6 of the
+    largest): with 32-wide blocks (three such trailing updates) it halved a singular value of
+    3e-4 sigma_1 that sits below the shift (tests/test_triton_numerics.py, the N = 2880 batch).
     """
-    NB: tl.constexpr = LP // CB
-    o = tl.arange(0, CB)
-    dmax = tl.zeros([CB], dtype=tl.float32)
+    NB: tl.constexpr = LP // FB
+    o = tl.arange(0, FB)
+    dmax = tl.zeros([FB], dtype=tl.float32)
     for i in range(NB):
         for j in range(i + 1):
-            acc = _summed_block(part, nparts, i, j, LP, CB)
-            _store_block(amat, i, j, acc, LP, CB)
+            acc = _summed_block(part, nparts, i, j, LP, FB)
+            _store_block(amat, i, j, acc, LP, FB)
             if i == j:
                 dmax = tl.maximum(dmax, tl.sum(tl.where(o[:, None] == o[None, :], acc, 0.0), 1))
     shift = tl.maximum(tl.max(dmax, 0) * CHOL_SHIFT, PIVOT_FLOOR)
     tl.debug_barrier()
     for k in range(NB):
-        m_kk = _chol_small(_load_block(amat, k, k, LP, CB), shift, CB)
-        _store_block(mmat, k, k, m_kk, LP, CB)
+        m_kk = _chol_small(_load_block(amat, k, k, LP, FB), shift, FB)
+        _store_block(mmat, k, k, m_kk, LP, FB)
         for i in range(k + 1, NB):
-            l_ik = tl.dot(_load_block(amat, i, k, LP, CB), tl.trans(m_kk), input_precision=SPREC)
+            l_ik = tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(m_kk), input_precision="ieee")
             tl.debug_barrier()
-            _store_block(amat, i, k, l_ik, LP, CB)  # L_ik replaces A_ik
+            _store_block(amat, i, k, l_ik, LP, FB)  # L_ik replaces A_ik
         tl.debug_barrier()
         for i in range(k + 1, NB):
-            l_ik = _load_block(amat, i, k, LP, CB)
+            l_ik = _load_block(amat, i, k, LP, FB)
             for j in range(k + 1, i + 1):
-                l_jk = _load_block(amat, j, k, LP, CB)
-                a_ij = _load_block(amat, i, j, LP, CB) - tl.dot(l_ik, tl.trans(l_jk), input_precision=SPREC)
-                _store_block(amat, i, j, a_ij, LP, CB)
+                l_jk = _load_block(amat, j, k, LP, FB)
+                a_ij = _load_block(amat, i, j, LP, FB) - tl.dot(l_ik, tl.trans(l_jk), input_precision="ieee")
+                _store_block(amat, i, j, a_ij, LP, FB)
         tl.debug_barrier()
     for i in range(1, NB):
-        m_ii = _load_block(mmat, i, i, LP, CB)
+        m_ii = _load_block(mmat, i, i, LP, FB)
         for j in range(i):
-            acc = tl.zeros([CB, CB], dtype=tl.float32)
+            acc = tl.zeros([FB, FB], dtype=tl.float32)
             for k in range(j, i):
-                acc = tl.dot(_load_block(amat, i, k, LP, CB), _load_block(mmat, k, j, LP, CB), acc,
-                             input_precision=SPREC)
-            _store_block(mmat, i, j, -tl.dot(m_ii, acc, input_precision=SPREC), LP, CB)
+                acc = tl.dot(_load_block(amat, i, k, LP, FB), _load_block(mmat, k, j, LP, FB), acc,
+                             input_precision="ieee")
+            _store_block(mmat, i, j, -tl.dot(m_ii, acc, input_precision="ieee"), LP, FB)
         tl.debug_barrier()
     for i in range(NB):
         for j in range(i + 1, NB):
-            _store_block(mmat, i, j, tl.zeros([CB, CB], dtype=tl.float32), LP, CB)
+            _store_block(mmat, i, j, tl.zeros([FB, FB], dtype=tl.float32), LP, FB)
     count_done(done)
 
 
@@ -197,36 +205,44 @@ def apply_inverse_transpose(ws, row0, row1, mmat, LP: tl.constexpr, CB: tl.const
 
 @triton.jit
 def _rotation(a_ll, a_hh, a_lh, lower):
-    """(c, s) of the Jacobi rotation that annihilates a_lh of the pair (lo, hi) with diagonal a_ll,
-    a_hh; s is the coefficient of the partner row / column (-t c for the lower index, t c for the
-    upper)."""
+    """(c, s, t) of the Jacobi rotation that annihilates a_lh of the pair (lo, hi) with diagonal a_ll,
+    a_hh (t = tan of its angle); s is the coefficient of the partner row / column (-t c for the lower
+    index, t c for the upper)."""
     diff = a_hh - a_ll
     sgn = tl.where(diff >= 0.0, 1.0, -1.0)
     den = tl.abs(diff) + tl.sqrt(diff * diff + 4.0 * a_lh * a_lh)
     t = tl.where(den > 0.0, sgn * 2.0 * a_lh / tl.where(den > 0.0, den, 1.0), 0.0)
     c = 1.0 / tl.sqrt(1.0 + t * t)
-    return c, tl.where(lower, -t * c, t * c)
+    return c, tl.where(lower, -t * c, t * c), t
 
 
 @triton.jit
-def _jacobi_round(sub, u, ml, NS: tl.constexpr, S2: tl.constexpr):
-    """One Jacobi round on the NS independent symmetric subproblems sub [NS, S2, S2], in registers:
-    local index a pairs with a XOR ml; sub <- J^T sub J, u <- u J (u accumulates the rotations)."""
+def _entries(sub, cols):
+    """[NS, S2]: sub[s, i, cols[s, i, 0]] of sub [NS, S2, S2] (one entry per row: a gather, no
+    reduction over the row)."""
+    return tl.sum(tl.gather(sub, cols, 2), 2)
+
+
+@triton.jit
+def _jacobi_round(sub, u, d, ml, NS: tl.constexpr, S2: tl.constexpr):
+    """One Jacobi round on the NS independent symmetric subproblems sub [NS, S2, S2] with diagonal d
+    [NS, S2], in registers: local index a pairs with a XOR ml; sub <- J^T sub J, u <- u J (u
+    accumulates the rotations), and d follows the rotation exactly (a_ll - t a_lh, a_hh + t a_lh, as
+    in Rutishauser's Jacobi) instead of being read back from sub."""
     a = tl.arange(0, S2)
     a_r = a[None, :, None]
-    a_c = a[None, None, :]
-    d = tl.sum(tl.where(a_c == a_r, sub, 0.0), 2)  # [NS, S2]: sub[i, i]
-    e = tl.sum(tl.where(a_c == (a_r ^ ml), sub, 0.0), 2)  # [NS, S2]: sub[i, partner(i)]
-    to_partner = tl.broadcast_to((a ^ ml)[None, :], [NS, S2])
-    d_p = tl.gather(d, to_partner, 1)
-    e_p = tl.gather(e, to_partner, 1)
+    partner = tl.broadcast_to((a ^ ml)[None, :], [NS, S2])
+    e = _entries(sub, tl.broadcast_to(a_r ^ ml, [NS, S2, 1]))  # sub[i, partner(i)]
+    d_p = tl.gather(d, partner, 1)
     lower = a[None, :] < (a ^ ml)[None, :]
-    c, s = _rotation(tl.where(lower, d, d_p), tl.where(lower, d_p, d), tl.where(lower, e, e_p), lower)
+    a_lh = tl.where(lower, e, tl.gather(e, partner, 1))  # both take it from the lower index's row
+    c, s, t = _rotation(tl.where(lower, d, d_p), tl.where(lower, d_p, d), a_lh, lower)
+    d = d + tl.where(lower, -t, t) * a_lh
     rows = c[:, :, None] * sub + s[:, :, None] * tl.gather(sub, tl.broadcast_to(a_r ^ ml, [NS, S2, S2]), 1)
-    partner_cols = tl.broadcast_to(a_c ^ ml, [NS, S2, S2])
+    partner_cols = tl.broadcast_to(a[None, None, :] ^ ml, [NS, S2, S2])
     sub = c[:, None, :] * rows + s[:, None, :] * tl.gather(rows, partner_cols, 2)
     u = c[:, None, :] * u + s[:, None, :] * tl.gather(u, partner_cols, 2)
-    return sub, u
+    return sub, u, d
 
 
 @triton.jit
@@ -298,9 +314,10 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.const
             idx = _set_indices(sets[:, None], a[None, :], g, half, JB)  # [NS, S2]
             sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=".cg")
             u = eye
+            d = _entries(sub, tl.broadcast_to(a[None, :, None], [NS, S2, 1]))
             across = 1 - 1 // (g + 1)  # 0 for group 0 (pairs within blocks, from m = 1), else 1
             for ml in range(1 + (JB - 1) * across, JB + JB * across):
-                sub, u = _jacobi_round(sub, u, ml, NS, S2)
+                sub, u, d = _jacobi_round(sub, u, d, ml, NS, S2)
             tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
             tl.debug_barrier()
             for st in range(NS):  # R^T = (U^T H)^T into t, W' = U^T W

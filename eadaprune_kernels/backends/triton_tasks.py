@@ -24,6 +24,9 @@ import triton.language as tl
 
 from .triton_linalg import count_done, gram_partial
 
+# Row tiles the reduce task reads at once (one L2 round trip per 32 tiles, not per tile).
+REDUCE_TILES = tl.constexpr(32)
+
 
 @triton.jit
 def pow2_inverse_scale(amax, IS_F64: tl.constexpr):
@@ -309,45 +312,60 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
     the tiles' statistics rescaled by s_t / s, exact powers of two), raw energy, flatness and
     c = mu^T Omega (the rank-1 correction of the sketch product). img_f64 = (1/s, s, E, raw, flat, bad).
     A bad image gets mu = 0 (its products are zero; its outputs are NaN-marked by the budget task)."""
+    KT: tl.constexpr = REDUCE_TILES
+    o_t = tl.arange(0, KT)
     o_d = tl.arange(0, BD)
     o_l = tl.arange(0, LP)
     if IS_F64:
-        amax = tl.cast(0.0, tl.float64)
+        amax = tl.zeros([KT], dtype=tl.float64)
     else:
-        amax = tl.cast(0.0, tl.float32)
-    bad = tl.cast(0.0, tl.float64)
-    for k in range(ntiles):
-        a_k = tl.load(TSCAL + (tile0 + k) * 4 + 0, cache_modifier=".cg")
+        amax = tl.zeros([KT], dtype=tl.float32)
+    bad = tl.zeros([KT], dtype=tl.float64)
+    for k0 in range(0, ntiles, KT):
+        m_t = k0 + o_t < ntiles
+        t = tile0 + k0 + o_t
+        a_t = tl.load(TSCAL + t * 4 + 0, mask=m_t, other=0.0, cache_modifier=".cg")
         if IS_F64:
-            amax = tl.maximum(amax, a_k)
+            amax = tl.maximum(amax, a_t)
         else:
-            amax = tl.maximum(amax, a_k.to(tl.float32))
-        bad = tl.maximum(bad, tl.load(TSCAL + (tile0 + k) * 4 + 3, cache_modifier=".cg"))
-    inv, scale = pow2_inverse_scale(amax, IS_F64)
-    ss = tl.cast(0.0, tl.float64)
-    raw = tl.cast(0.0, tl.float64)
-    for k in range(ntiles):
-        ratio = _tile_to_image_ratio(TSCAL, tile0 + k, inv, IS_F64).to(tl.float64)
-        ss += tl.load(TSCAL + (tile0 + k) * 4 + 1, cache_modifier=".cg") * ratio * ratio
-        raw += tl.load(TSCAL + (tile0 + k) * 4 + 2, cache_modifier=".cg") * ratio * ratio
+            amax = tl.maximum(amax, a_t.to(tl.float32))
+        bad = tl.maximum(bad, tl.load(TSCAL + t * 4 + 3, mask=m_t, other=0.0, cache_modifier=".cg"))
+    inv, scale = pow2_inverse_scale(tl.max(amax, 0), IS_F64)
+    bad = tl.max(bad, 0)
+    ss = tl.zeros([KT], dtype=tl.float64)
+    raw = tl.zeros([KT], dtype=tl.float64)
+    for k0 in range(0, ntiles, KT):
+        m_t = k0 + o_t < ntiles
+        t = tile0 + tl.minimum(k0 + o_t, ntiles - 1)  # in bounds; the masked tiles add 0
+        ratio = tl.where(m_t, _tile_to_image_ratio(TSCAL, t, inv, IS_F64).to(tl.float64), 0.0)
+        ss += tl.load(TSCAL + t * 4 + 1, cache_modifier=".cg") * ratio * ratio
+        raw += tl.load(TSCAL + t * 4 + 2, cache_modifier=".cg") * ratio * ratio
+    ss = tl.sum(ss, 0)
+    raw = tl.sum(raw, 0)
     cross = tl.cast(0.0, tl.float64)
     c_om = tl.zeros([LP], dtype=tl.float32)
     for d0 in range(0, D, BD):
         cols = d0 + o_d
         m_d = cols < D
         total = tl.zeros([BD], dtype=tl.float32)
-        for k in range(ntiles):
-            ratio = _tile_to_image_ratio(TSCAL, tile0 + k, inv, IS_F64).to(tl.float32)
-            total += tl.load(TSUM + (tile0 + k) * D + cols, mask=m_d, other=0.0, cache_modifier=".cg") * ratio
+        for k0 in range(0, ntiles, KT):
+            m_t = k0 + o_t < ntiles
+            t = tile0 + tl.minimum(k0 + o_t, ntiles - 1)
+            ratio = tl.where(m_t, _tile_to_image_ratio(TSCAL, t, inv, IS_F64).to(tl.float32), 0.0)
+            b_s = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :], other=0.0, cache_modifier=".cg")
+            total += tl.sum(b_s * ratio[:, None], 0)
         b_mu = total / tl.maximum(n_img, 1)
         b_mu = tl.where(bad != 0.0, 0.0, b_mu)
         tl.store(mu_img + cols, b_mu, mask=m_d)
-        for k in range(ntiles):
-            ratio = _tile_to_image_ratio(TSCAL, tile0 + k, inv, IS_F64).to(tl.float32)
-            n_k = tl.minimum(n_img - k * BR, BR)
-            b_m = tl.load(TSUM + (tile0 + k) * D + cols, mask=m_d, other=0.0, cache_modifier=".cg") * ratio / n_k
-            b_dev = tl.where(m_d, b_m - b_mu, 0.0)
-            cross += (n_k * tl.sum(b_dev * b_dev, 0)).to(tl.float64)
+        for k0 in range(0, ntiles, KT):
+            m_t = k0 + o_t < ntiles
+            t = tile0 + tl.minimum(k0 + o_t, ntiles - 1)
+            ratio = _tile_to_image_ratio(TSCAL, t, inv, IS_F64).to(tl.float32)
+            n_k = tl.maximum(tl.minimum(n_img - (k0 + o_t) * BR, BR), 1)
+            b_m = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :], other=0.0,
+                          cache_modifier=".cg") * ratio[:, None] / n_k[:, None]
+            b_dev = tl.where(m_t[:, None] & m_d[None, :], b_m - b_mu[None, :], 0.0)
+            cross += tl.sum((n_k * tl.sum(b_dev * b_dev, 1)).to(tl.float64), 0)
         b_om = tl.load(OMS + cols[:, None] * LP + o_l[None, :], mask=m_d[:, None] & (o_l[None, :] < l_img),
                        other=0.0, cache_modifier=".cg")
         c_om += tl.sum(b_mu[:, None] * b_om, 0)
