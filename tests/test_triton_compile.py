@@ -105,3 +105,17 @@ def test_cost_model_attributes_every_loop_and_adds_up():
         assert sum(r["token_bytes"] for r in stages) >= (2 * 2 + 2) * 576 * 1024 * 2
         moved = sum(r["hbm_bytes"] + r["l2_bytes"] for r in stages)
         assert moved >= (2 * 2 + 2) * 576 * 1024 * 2
+
+
+def test_jacobi_sweep_counter_runs_the_kernels_routine():
+    """tools/jacobi_sweeps.py (the calibration of the cost model's sweeps) runs the kernel's Jacobi on
+    sketched Grams and reports a sweep count per image within [1, MAX_SWEEPS); a steep spectrum needs
+    fewer sweeps than a Gaussian matrix."""
+    out = subprocess.run([sys.executable, str(TOOLS / "jacobi_sweeps.py"), "--n", "96", "--d", "128", "--l", "32",
+                          "--images", "1", "--rates", "0.5"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): int(line.split("|")[2]) for line in out.stdout.splitlines()
+            if line.startswith("| sigma") or line.startswith("| Gaussian")}
+    assert set(rows) == {"sigma_i = exp(-0.5 i)", "Gaussian matrix"}, out.stdout
+    assert all(1 <= s < triton_backend.MAX_SWEEPS for s in rows.values()), rows
+    assert rows["sigma_i = exp(-0.5 i)"] < rows["Gaussian matrix"], rows

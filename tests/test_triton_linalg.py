@@ -20,19 +20,23 @@ DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETING else "cpu"
 
 
 @triton.jit
-def _jacobi_kernel(H, WORK, V, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr, SPREC: tl.constexpr):
+def _jacobi_kernel(H, WORK, V, SWEEPS, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+                   SPREC: tl.constexpr):
     LL = LP * LP
-    jacobi_eigenvectors(H, WORK, WORK + LL, WORK + 2 * LL, WORK + 3 * LL, V, LP, JB, MAX_SWEEPS, SPREC)
+    sweeps = jacobi_eigenvectors(H, WORK, WORK + LL, WORK + 2 * LL, WORK + 3 * LL, V, LP, JB, MAX_SWEEPS, SPREC)
+    tl.store(SWEEPS, sweeps)
 
 
-def _jacobi(h: torch.Tensor) -> torch.Tensor:
+def _jacobi(h: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(eigenvectors, sweeps run)"""
     lp = h.shape[0]
     settings = kernel_settings(torch.float32, lp)
     work = torch.full((4, lp, lp), float("nan"), device=DEVICE)
     v = torch.full((lp, lp), float("nan"), device=DEVICE)
-    _jacobi_kernel[(1,)](h.clone(), work, v, LP=lp, JB=settings["JB"], MAX_SWEEPS=MAX_SWEEPS,
+    sweeps = torch.full((1,), -1, dtype=torch.int32, device=DEVICE)
+    _jacobi_kernel[(1,)](h.clone(), work, v, sweeps, LP=lp, JB=settings["JB"], MAX_SWEEPS=MAX_SWEEPS,
                          SPREC=settings["SPREC"], num_warps=settings["num_warps"])
-    return v
+    return v, int(sweeps)
 
 
 def _known(lp: int, eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
@@ -49,8 +53,10 @@ def test_jacobi_diagonalises_a_known_spectrum(lp):
     lam[-lp // 4:] = 0.0  # rank-deficient, as padded sketch columns are
     h64 = _known(lp, lam, seed=lp + 1)
     h = h64.to(torch.float32).to(DEVICE)
-    v = _jacobi(h).double().cpu()
+    v, sweeps = _jacobi(h)
+    v = v.double().cpu()
     assert torch.isfinite(v).all(), "unwritten or non-finite eigenvector entries"
+    assert 1 <= sweeps < MAX_SWEEPS, sweeps
     eye = torch.eye(lp, dtype=torch.float64)
     assert (v.T @ v - eye).abs().max() < 1e-5
     d = v.T @ h.double().cpu() @ v
@@ -60,8 +66,9 @@ def test_jacobi_diagonalises_a_known_spectrum(lp):
     assert torch.allclose(torch.sort(torch.diag(d)).values, torch.sort(lam).values, atol=2e-6 * scale, rtol=0)
 
 
-def test_jacobi_of_a_diagonal_matrix_returns_a_permutation_free_identity():
+def test_jacobi_of_a_diagonal_matrix_returns_a_permutation_free_identity_after_no_sweep():
     lp = 64
     h = torch.diag(torch.linspace(3.0, 1.0, lp)).to(DEVICE)
-    v = _jacobi(h).cpu()
-    assert torch.equal(v, torch.eye(lp))
+    v, sweeps = _jacobi(h)
+    assert torch.equal(v.cpu(), torch.eye(lp))
+    assert sweeps == 0

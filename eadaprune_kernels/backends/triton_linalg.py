@@ -278,7 +278,7 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.const
     """Eigenvectors (columns, into ``vout``) of the symmetric h [LP, LP] (overwritten); t [LP, LP],
     uset [LP * 2 JB], w0 and w1 [LP, LP] are work buffers. Parallel two-sided Jacobi in the XOR
     ordering (see the module docstring); stops when the squared off-diagonal mass is below
-    (2 LP u)^2 ||H||_F^2 or after MAX_SWEEPS sweeps.
+    (2 LP u)^2 ||H||_F^2 or after MAX_SWEEPS sweeps. Returns the sweeps it ran (tools/jacobi_sweeps.py).
 
     Blocked, with the same rotations in the same order: the rounds m = g JB .. g JB + JB - 1 (group g;
     group 0 starts at m = 1) pair index r with r XOR m, which stays in the union of its JB-row block
@@ -343,6 +343,7 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.const
         norms = tl.sqrt(tl.sum(w_rows * w_rows, 1))
         tl.store(vout + o[None, :] * LP + rows[:, None], w_rows / tl.where(norms > 0.0, norms, 1.0)[:, None])
     tl.debug_barrier()
+    return sweep
 
 
 @triton.jit(noinline=True)
