@@ -119,3 +119,38 @@ def test_jacobi_sweep_counter_runs_the_kernels_routine():
     assert set(rows) == {"sigma_i = exp(-0.5 i)", "Gaussian matrix"}, out.stdout
     assert all(1 <= s < triton_backend.MAX_SWEEPS for s in rows.values()), rows
     assert rows["sigma_i = exp(-0.5 i)"] < rows["Gaussian matrix"], rows
+
+
+def test_schedule_simulations_respect_work_and_critical_path_bounds():
+    """tools/cost_model.py's ticket-order and ready-queue simulations (no compilation: synthetic stages)
+    run every task once: each makespan is at least the work per program and at least one image's chain
+    of stages; with one image and enough programs both are exactly that chain; the ready queue never
+    loses to the stage-major tickets here."""
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import cost_model
+    finally:
+        sys.path.remove(str(TOOLS))
+    K = triton_backend
+    handoff = cost_model.H200["handoff_cycles"] / cost_model.H200["clock_hz"]
+
+    def rows(batch, programs):
+        spec = [(K.K_GLOBAL, 32, 1e-6), (K.K_STATS, 8 * batch, 2e-6), (K.K_EIG, batch, 40e-6), (K.K_XW, 8 * batch, 3e-6)]
+        out = []
+        for kind, tasks, dur in spec:
+            waves = -(-tasks // programs)
+            out.append(dict(kind=kind, tasks=tasks, waves=waves, seconds=waves * dur + handoff, dur=dur))
+        return out
+
+    for batch, programs in ((1, 132), (64, 132), (5, 7)):
+        r = rows(batch, programs)
+        chain = sum(x["dur"] for x in r) + (len(r) - 1) * handoff
+        work = sum(x["tasks"] * x["dur"] for x in r) / programs
+        tickets = cost_model.ticket_schedule(r, batch, programs)
+        ready = cost_model.ready_queue_schedule(r, batch, programs)
+        staggered = cost_model.ticket_schedule(r, batch, programs, skew=1)
+        for t in (tickets, ready, staggered):
+            assert t >= max(chain, work) * (1 - 1e-12), (batch, programs, t, chain, work)
+        if batch == 1:
+            assert tickets == pytest.approx(chain) and ready == pytest.approx(chain)
+        assert ready <= tickets * (1 + 1e-12), (batch, programs, ready, tickets)

@@ -33,7 +33,10 @@ For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the m
    CUDA-core FLOPs / CUDA-core share) + one hand-off (see H200["handoff_cycles"]), the shares being
    those of the SMs the stage keeps busy. The call is the SUM of its stages: an upper (conservative)
    estimate, since in the kernel the stages of different images overlap (tickets are stage-major, but a
-   program waits only for its own image's previous stage).
+   program waits only for its own image's previous stage);
+6. simulates the overlap with the same task times (``ticket_schedule``: the kernel's stage-major
+   tickets, or tickets staggered by image; ``ready_queue_schedule``: an ideal dependency-aware
+   scheduler, the bound on what overlapping the images' stages can give) and prints the three.
 
     python tools/cost_model.py                                   # the benchmark shapes, a markdown table
     python tools/cost_model.py --dtype fp32 --d 4096 --json      # one variant, rows as JSON lines
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import heapq
 import dataclasses
 import inspect
 import json
@@ -768,8 +772,98 @@ def predict(dtype: str, n: int, d: int, l: int, q: int, batches=(1, 64), sweeps:
     for batch in batches:
         rows = stage_rows(var, n, d, l, q, batch, sweeps)
         per_call = sum(r["seconds"] for r in rows)
-        out["batches"][batch] = dict(rows=rows, seconds_per_call=per_call, seconds_per_image=per_call / batch)
+        programs = H200["sms"] * var.blocks_per_sm
+        schedule = dict(tickets=ticket_schedule(rows, batch, programs), staggered=ticket_schedule(rows, batch, programs, 1),
+                        ready_queue=ready_queue_schedule(rows, batch, programs))
+        out["batches"][batch] = dict(rows=rows, seconds_per_call=per_call, seconds_per_image=per_call / batch,
+                                     schedule=schedule)
     return out
+
+
+def ticket_schedule(rows: list[dict], batch: int, programs: int, skew: int = 0) -> float:
+    """Seconds per call when ``programs`` co-resident programs claim the call's tasks in ticket order
+    (image, stage, group) sorted by (stage + skew * image, image, group) and a task starts once its
+    image's previous stage is done plus a hand-off. skew = 0 is the kernel's stage-major order; skew > 0
+    staggers the images so that one image's single-task stages (Jacobi, Cholesky) overlap other images'
+    wide stages (any order that keeps each image's stages in order is deadlock-free by the kernel's
+    argument: a task only waits on smaller tickets). A program holds its SM from claiming a ticket to
+    finishing it (waiting included). Each task takes its stage's time per wave, bandwidth and FLOP bounds
+    included as in the summed rows: shares of bandwidth between overlapping stages are not re-divided,
+    so this is an estimate of the overlap, not of the contention."""
+    handoff = H200["handoff_cycles"] / H200["clock_hz"]
+    tickets = []
+    for st, r in enumerate(rows):
+        dur = max(r["seconds"] - handoff, 0.0) / r["waves"]
+        if r["kind"] == K.K_GLOBAL:  # call-wide: every image's next stage waits for all of it
+            tickets += [((st, -1, g), st, -1, dur) for g in range(r["tasks"])]
+        else:
+            per_image = r["tasks"] // batch
+            tickets += [((st + skew * b, b, g), st, b, dur) for b in range(batch) for g in range(per_image)]
+    tickets.sort(key=lambda t: t[0])
+    free = [0.0] * programs
+    heapq.heapify(free)
+    ends: dict = {}
+    claim = 0.0
+    for _key, st, b, dur in tickets:
+        claim = max(claim, heapq.heappop(free))  # tickets are claimed in order
+        prev = ends.get((b, st - 1), ends.get((-1, st - 1))) if st > 0 else None
+        start = max(claim, prev + handoff) if prev is not None else claim
+        end = start + dur
+        ends[(b, st)] = max(ends.get((b, st), 0.0), end)
+        heapq.heappush(free, end)
+    return max(ends.values())
+
+
+def ready_queue_schedule(rows: list[dict], batch: int, programs: int) -> float:
+    """Seconds per call if a free program took the first READY task (stage-major priority) instead of
+    the next ticket: a dependency-aware scheduler the kernel does not have (programs never hold an SM
+    while waiting), with the same task times as ticket_schedule. The bound on what overlapping the
+    images' stages can give."""
+    handoff = H200["handoff_cycles"] / H200["clock_hz"]
+    stages = []  # per stage: (duration, tasks per group, groups: image indices)
+    for r in rows:
+        dur = max(r["seconds"] - handoff, 0.0) / r["waves"]
+        if r["kind"] == K.K_GLOBAL:
+            stages.append((dur, r["tasks"], [-1]))
+        else:
+            stages.append((dur, r["tasks"] // batch, list(range(batch))))
+    left = {}  # (image, stage) -> tasks not yet finished
+    ready = []  # heap of (ready time, stage, image, tasks to hand out)
+    heapq.heappush(ready, (0.0, 0, -1, stages[0][1]))
+    free = [0.0] * programs
+    heapq.heapify(free)
+    finish = 0.0
+    running = []  # heap of (end, stage, image)
+    while ready or running:
+        t = heapq.heappop(free)
+        # retire the tasks ended by t; with nothing ready, wait for the next one to end
+        while running and (running[0][0] <= t or not ready):
+            end, st, b = heapq.heappop(running)
+            t = max(t, end)
+            left[(b, st)] -= 1
+            if left[(b, st)] == 0 and st + 1 < len(stages):
+                nxt = [b] if b >= 0 else stages[st + 1][2]
+                for nb in nxt:
+                    heapq.heappush(ready, (end + handoff, st + 1, nb, stages[st + 1][1]))
+        if not ready:
+            heapq.heappush(free, t)
+            continue
+        avail = [x for x in ready if x[0] <= t]
+        if not avail:  # nothing ready yet: wait for the earliest
+            t = min(x[0] for x in ready)
+            avail = [x for x in ready if x[0] <= t]
+        item = min(avail, key=lambda x: (x[1], x[2]))
+        ready.remove(item)
+        heapq.heapify(ready)
+        rt, st, b, n_tasks = item
+        left.setdefault((b, st), stages[st][1])
+        end = max(t, rt) + stages[st][0]
+        heapq.heappush(running, (end, st, b))
+        if n_tasks > 1:
+            heapq.heappush(ready, (rt, st, b, n_tasks - 1))
+        heapq.heappush(free, end)
+        finish = max(finish, end)
+    return finish
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -819,6 +913,14 @@ def markdown(results: list[dict]) -> str:
             lines.append(f"| **total** | {len(b['rows'])} | | {tot['hbm_bytes'] / 1e6:.2f} | {tot['l2_bytes'] / 1e6:.2f} | "
                          f"{tot['tc16_flops'] / 1e9:.3f} / {tot['tf32_flops'] / 1e9:.3f} | {tot['cuda_flops'] / 1e9:.3f} | "
                          f"{tot['serial_steps']:.0f} | **{b['seconds_per_call'] * 1e6:.1f}** | | |")
+            lines.append("")
+            sched = b["schedule"]
+            lines.append(f"Schedule simulation (the same task times on {H200['sms'] * res['blocks_per_sm']} "
+                         f"programs, stages of different images overlapping where the order lets them): the "
+                         f"kernel's stage-major tickets {sched['tickets'] * 1e6:.0f} us per call; a ready-queue "
+                         f"scheduler (the bound on overlapping images) {sched['ready_queue'] * 1e6:.0f} us; tickets "
+                         f"staggered by one stage per image {sched['staggered'] * 1e6:.0f} us (programs waiting "
+                         f"on their image hold their SM).")
             lines.append("")
         lines.append(f"SASS loops (per iteration, per warp; own body, without nested loops). Per task also: the "
                      f"scheduler's {res['overhead_cycles']:.0f} cycles, a hand-off of {H200['handoff_cycles']} cycles "
