@@ -780,6 +780,12 @@ def predict(dtype: str, n: int, d: int, l: int, q: int, batches=(1, 64), sweeps:
     return out
 
 
+def _task_seconds(row: dict) -> float:
+    """One task of a stage row in the schedule simulations: the stage's time per wave, without its
+    hand-off (the simulations add the hand-offs where a stage waits for the previous one)."""
+    return max(row["seconds"] - H200["handoff_cycles"] / H200["clock_hz"], 0.0) / row["waves"]
+
+
 def ticket_schedule(rows: list[dict], batch: int, programs: int, skew: int = 0) -> float:
     """Seconds per call when ``programs`` co-resident programs claim the call's tasks in ticket order
     (image, stage, group) sorted by (stage + skew * image, image, group) and a task starts once its
@@ -793,7 +799,7 @@ def ticket_schedule(rows: list[dict], batch: int, programs: int, skew: int = 0) 
     handoff = H200["handoff_cycles"] / H200["clock_hz"]
     tickets = []
     for st, r in enumerate(rows):
-        dur = max(r["seconds"] - handoff, 0.0) / r["waves"]
+        dur = _task_seconds(r)
         if r["kind"] == K.K_GLOBAL:  # call-wide: every image's next stage waits for all of it
             tickets += [((st, -1, g), st, -1, dur) for g in range(r["tasks"])]
         else:
@@ -822,7 +828,7 @@ def ready_queue_schedule(rows: list[dict], batch: int, programs: int) -> float:
     handoff = H200["handoff_cycles"] / H200["clock_hz"]
     stages = []  # per stage: (duration, tasks per group, groups: image indices)
     for r in rows:
-        dur = max(r["seconds"] - handoff, 0.0) / r["waves"]
+        dur = _task_seconds(r)
         if r["kind"] == K.K_GLOBAL:
             stages.append((dur, r["tasks"], [-1]))
         else:

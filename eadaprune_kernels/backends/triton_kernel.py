@@ -115,8 +115,9 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     and tools/cost_model.py).
 
     LP = the padded sketch width; BR / BD rows / features per tile (a [BR, LP] fp32 accumulator is
-    32 KB); CB the l x l block (FB the Cholesky's, smaller: its diagonal blocks factor by FB dependent steps); JB the rows of a Jacobi block (subproblems of 2 JB); RB rows of the budget panels; PSLOTS the Gram partials
-    (and groups) per image side. Products with X: float16 / bfloat16 tokens stay exact and the fp32
+    32 KB); CB the l x l block (FB the Cholesky's, smaller: its diagonal blocks factor by FB dependent
+    steps); JB the rows of a Jacobi block (subproblems of 2 JB); RB rows of the budget panels; PSLOTS
+    the Gram partials (and groups) per image side. Products with X: float16 / bfloat16 tokens stay exact and the fp32
     operand is split into 16-bit parts (SPLIT16); float32 / float64 tokens are centred in fp32 and
     multiplied in 3xTF32 (XPREC). The l x l work is 3xTF32 (SPREC). Never plain TF32: sm_90 truncates
     TF32 operands toward zero, which puts every singular value ~7e-4 low.

@@ -40,6 +40,8 @@ CHOL_SHIFT = tl.constexpr(1e-6)
 # Smallest pivot: keeps an all-zero Gram (zero image, padded columns) finite: its Q columns stay 0.
 PIVOT_FLOOR = tl.constexpr(1e-30)
 FP32_UNIT_ROUNDOFF = tl.constexpr(2.0**-24)
+# The Cholesky's block products: plain fp32 on the CUDA cores (why not 3xTF32: cholesky_inverse).
+CHOL_PREC = tl.constexpr("ieee")
 
 
 @triton.jit
@@ -134,7 +136,7 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
     M_kk directly), panel L_ik = A_ik M_kk^T, trailing update A_ij -= L_ik L_jk^T; then
     M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. Partials are summed in a fixed order (deterministic).
 
-    The block products are plain fp32 (``ieee``, CUDA cores), like the rank-1 steps: 3xTF32 truncates
+    The block products are plain fp32 (CHOL_PREC = ``ieee``, CUDA cores), like the rank-1 steps: 3xTF32 truncates
     its small parts on sm_90, a bias of ~5e-7 of the entries, too close to the shift (1e-6 of the
     largest): with 32-wide blocks (three such trailing updates) it halved a singular value of
     3e-4 sigma_1 that sits below the shift (tests/test_triton_numerics.py, the N = 2880 batch).
@@ -154,7 +156,7 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
         m_kk = _chol_small(_load_block(amat, k, k, LP, FB), shift, FB)
         _store_block(mmat, k, k, m_kk, LP, FB)
         for i in range(k + 1, NB):
-            l_ik = tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(m_kk), input_precision="ieee")
+            l_ik = tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(m_kk), input_precision=CHOL_PREC)
             tl.debug_barrier()
             _store_block(amat, i, k, l_ik, LP, FB)  # L_ik replaces A_ik
         tl.debug_barrier()
@@ -162,7 +164,7 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
             l_ik = _load_block(amat, i, k, LP, FB)
             for j in range(k + 1, i + 1):
                 l_jk = _load_block(amat, j, k, LP, FB)
-                a_ij = _load_block(amat, i, j, LP, FB) - tl.dot(l_ik, tl.trans(l_jk), input_precision="ieee")
+                a_ij = _load_block(amat, i, j, LP, FB) - tl.dot(l_ik, tl.trans(l_jk), input_precision=CHOL_PREC)
                 _store_block(amat, i, j, a_ij, LP, FB)
         tl.debug_barrier()
     for i in range(1, NB):
@@ -171,8 +173,8 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
             acc = tl.zeros([FB, FB], dtype=tl.float32)
             for k in range(j, i):
                 acc = tl.dot(_load_block(amat, i, k, LP, FB), _load_block(mmat, k, j, LP, FB), acc,
-                             input_precision="ieee")
-            _store_block(mmat, i, j, -tl.dot(m_ii, acc, input_precision="ieee"), LP, FB)
+                             input_precision=CHOL_PREC)
+            _store_block(mmat, i, j, -tl.dot(m_ii, acc, input_precision=CHOL_PREC), LP, FB)
         tl.debug_barrier()
     for i in range(NB):
         for j in range(i + 1, NB):
@@ -257,6 +259,16 @@ def _set_indices(sets, a, g, half, JB: tl.constexpr):
 
 
 @triton.jit
+def _set_rotation(uset, st, g, half, JB: tl.constexpr):
+    """(global indices [2 JB], U^T [2 JB, 2 JB]) of set ``st`` of group g: the rows its accumulated
+    rotation U (stored at uset by the group's rounds) mixes, and U^T."""
+    S2: tl.constexpr = 2 * JB
+    a = tl.arange(0, S2)
+    u = tl.load(uset + st * (S2 * S2) + a[:, None] * S2 + a[None, :], cache_modifier=".cg")
+    return _set_indices(st, a, g, half, JB), tl.trans(u)
+
+
+@triton.jit
 def _off_diagonal(h, LP: tl.constexpr, PB: tl.constexpr):
     """(sum of squared off-diagonal entries, sum of all squared entries) of h [LP, LP]."""
     o = tl.arange(0, LP)
@@ -321,16 +333,14 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.const
             tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
             tl.debug_barrier()
             for st in range(NS):  # R^T = (U^T H)^T into t, W' = U^T W
-                rows = _set_indices(st, a, g, half, JB)
-                u_t = tl.trans(tl.load(uset + st * (S2 * S2) + a[:, None] * S2 + a[None, :], cache_modifier=".cg"))
+                rows, u_t = _set_rotation(uset, st, g, half, JB)
                 h_rows = tl.load(h + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
                 tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))
                 w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
                 tl.store(wd + rows[:, None] * LP + o[None, :], tl.dot(u_t, w_rows, input_precision=SPREC))
             tl.debug_barrier()
             for st in range(NS):  # H' = U^T R^T
-                rows = _set_indices(st, a, g, half, JB)
-                u_t = tl.trans(tl.load(uset + st * (S2 * S2) + a[:, None] * S2 + a[None, :], cache_modifier=".cg"))
+                rows, u_t = _set_rotation(uset, st, g, half, JB)
                 t_rows = tl.load(t + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
                 tl.store(h + rows[:, None] * LP + o[None, :], tl.dot(u_t, t_rows, input_precision=SPREC))
             tl.debug_barrier()

@@ -62,6 +62,14 @@ def _tile_to_image_ratio(TSCAL, t, inv, IS_F64: tl.constexpr):
 
 
 @triton.jit
+def _tile_block(tile0, k0, ntiles, KT: tl.constexpr):
+    """(mask, tile indices) of the image's tiles k0 .. k0 + KT - 1: the indices of tiles past the last
+    are clamped to it (in bounds; callers zero what the mask drops)."""
+    k = k0 + tl.arange(0, KT)
+    return k < ntiles, tile0 + tl.minimum(k, ntiles - 1)
+
+
+@triton.jit
 def _round_to_bf16(v):
     """fp32 v rounded to the nearest bfloat16 (ties to even), still as fp32 (finite v).
 
@@ -322,8 +330,7 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
         amax = tl.zeros([KT], dtype=tl.float32)
     bad = tl.zeros([KT], dtype=tl.float64)
     for k0 in range(0, ntiles, KT):
-        m_t = k0 + o_t < ntiles
-        t = tile0 + k0 + o_t
+        m_t, t = _tile_block(tile0, k0, ntiles, KT)
         a_t = tl.load(TSCAL + t * 4 + 0, mask=m_t, other=0.0, cache_modifier=".cg")
         if IS_F64:
             amax = tl.maximum(amax, a_t)
@@ -335,8 +342,7 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
     ss = tl.zeros([KT], dtype=tl.float64)
     raw = tl.zeros([KT], dtype=tl.float64)
     for k0 in range(0, ntiles, KT):
-        m_t = k0 + o_t < ntiles
-        t = tile0 + tl.minimum(k0 + o_t, ntiles - 1)  # in bounds; the masked tiles add 0
+        m_t, t = _tile_block(tile0, k0, ntiles, KT)
         ratio = tl.where(m_t, _tile_to_image_ratio(TSCAL, t, inv, IS_F64).to(tl.float64), 0.0)
         ss += tl.load(TSCAL + t * 4 + 1, cache_modifier=".cg") * ratio * ratio
         raw += tl.load(TSCAL + t * 4 + 2, cache_modifier=".cg") * ratio * ratio
@@ -349,8 +355,7 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
         m_d = cols < D
         total = tl.zeros([BD], dtype=tl.float32)
         for k0 in range(0, ntiles, KT):
-            m_t = k0 + o_t < ntiles
-            t = tile0 + tl.minimum(k0 + o_t, ntiles - 1)
+            m_t, t = _tile_block(tile0, k0, ntiles, KT)
             ratio = tl.where(m_t, _tile_to_image_ratio(TSCAL, t, inv, IS_F64).to(tl.float32), 0.0)
             b_s = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :], other=0.0, cache_modifier=".cg")
             total += tl.sum(b_s * ratio[:, None], 0)
@@ -358,8 +363,7 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
         b_mu = tl.where(bad != 0.0, 0.0, b_mu)
         tl.store(mu_img + cols, b_mu, mask=m_d)
         for k0 in range(0, ntiles, KT):
-            m_t = k0 + o_t < ntiles
-            t = tile0 + tl.minimum(k0 + o_t, ntiles - 1)
+            m_t, t = _tile_block(tile0, k0, ntiles, KT)
             ratio = _tile_to_image_ratio(TSCAL, t, inv, IS_F64).to(tl.float32)
             n_k = tl.maximum(tl.minimum(n_img - (k0 + o_t) * BR, BR), 1)
             b_m = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :], other=0.0,
