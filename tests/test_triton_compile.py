@@ -48,9 +48,10 @@ def _tool_module():
 
 def test_every_production_variant_compiles_for_sm90_without_spills_and_fills_the_gpu():
     """Every production variant (fp16 / bf16 / fp32, LP 16-256, leverage and scores, dense and ragged),
-    compiled by tools/aot_compile_triton.py for sm_90: no spill stores or loads, shared memory within
-    227 KB, at least one block per SM, l = 256 among them, and a B=64 call at N=576 gives work to every
-    one of the 132 SMs (its widest stage has at least 132 tasks)."""
+    compiled by tools/aot_compile_triton.py for sm_90 with the specialisation a GPU launch gets (aligned
+    pointers, unit strides as constants): no spill stores or loads, shared memory within 227 KB, at
+    least one block per SM, l = 256 among them, and a B=64 call at N=576 gives work to every one of the
+    132 SMs (its widest stage has at least 132 tasks)."""
     rows = _rows("--all", "--jobs", "2")
     assert len(rows) == 3 * 5 * 2 * 2, f"expected 60 production variants, got {len(rows)}"
     for row in rows:
@@ -64,6 +65,10 @@ def test_every_production_variant_compiles_for_sm90_without_spills_and_fills_the
         assert row["stack"] >= 0 and row["blocks_per_sm"] >= 1, row
         assert row["grid_b1"] >= 1 and row["programs_per_image"] >= 1, row
         assert row["sms_busy_b64"] == 132, f"a B=64 call leaves SMs idle in every stage: {row}"
+        # compiled as a GPU launch specialises it: aligned pointers, the tokens' unit stride a constant
+        spec = row["specialised"]
+        assert {"X", "OMS", "QWS", "WWS", "PART", "LWS", "OTOK"} <= set(spec["divisible_by_16"]), row
+        assert spec["constants"].get("sxd") == 1 and spec["constants"].get("sotd") == 1, row
         assert row["grid_b64"] >= 132, row
     # the largest sketch the backend accepts is among the compiled configurations
     assert max(row["lp"] for row in rows) == triton_backend.MAX_SKETCH_SIZE == 256

@@ -8,6 +8,11 @@ per variant:
 
   config        dtype, lp (padded sketch width), scores (given scores, else leverage), ragged
                 (packed tokens with cu_seqlens, else dense), sketch, budgets, arch, num_warps
+  specialised   what the compile knows of the runtime parameters, as triton's JIT derives it from a
+                launch of a benchmark-shaped call (contiguous, 16-byte aligned tensors): the
+                parameters divisible by 16 (aligned pointers, strides) and those that became
+                constants (the unit stride of the tokens): the same specialisation a GPU launch
+                compiles, so that loads vectorise as they will there
   ok, error     whether it compiled, and why not
   registers     per thread (ptxas), barriers, stack (bytes per thread), spill_stores, spill_loads
                 (bytes per thread, static counts of the spill code)
@@ -57,11 +62,12 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler.compiler import make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from eadaprune_kernels.backends import triton_kernel as triton_backend  # noqa: E402
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
-POINTER_TYPES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp64": "*fp64"}
 PRODUCTION_DTYPES = ("fp16", "bf16", "fp32")
 PRODUCTION_LPS = (16, 32, 64, 128, 256)
 DEFAULTS = [
@@ -89,44 +95,92 @@ def _jit_function():
     return getattr(kernel, "fn", kernel)  # under @triton.heuristics
 
 
-def _signature(params, dtype, lp, scores, sketch, budgets, ragged):
-    """(signature, constexprs, launch options) of one variant, from the kernel's parameter annotations:
-    pointers are typed by what the launcher passes, ints by their use, constexprs from
-    ``kernel_settings`` (the launcher's own) and the heuristics' flags."""
-    spec = triton_backend.kernel_signature(dtype=TORCH_DTYPES[dtype], scores=scores, sketch=sketch,
-                                           budgets=budgets, ragged=ragged)
-    token = POINTER_TYPES[dtype]
-    signature, constants = {}, {}
-    for name in params:
-        kind = spec.get(name, "constexpr")
-        if kind == "tokens":
-            kind = token
-        if kind is None:  # an absent optional pointer
-            signature[name] = "constexpr"
-            constants[name] = None
-        else:
-            signature[name] = kind
-    settings = triton_backend.kernel_settings(TORCH_DTYPES[dtype], lp)  # the launcher's own settings
-    options = {k: settings.pop(k) for k in ("num_warps", "num_stages") if k in settings}
-    flags = triton_backend.kernel_flags(dtype=TORCH_DTYPES[dtype], scores=scores, sketch=sketch, budgets=budgets,
-                                        ragged=ragged, center=True, select=True)
-    constants.update(flags, **settings)
-    return signature, constants, options
+class _LaunchCaptured(Exception):
+    """Raised by the recorder that stands in for the kernel: the launcher's arguments are captured."""
+
+    def __init__(self, args, kwargs):
+        super().__init__("launch captured")
+        self.args, self.kwargs = args, kwargs
+
+
+class _Recorder:
+    """Stands in for ``_eadaprune_kernel``: ``kernel[grid](*args, **kwargs)`` raises _LaunchCaptured."""
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            raise _LaunchCaptured(args, kwargs)
+        return launch
+
+
+def launch_arguments(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False) -> tuple:
+    """(args, kwargs) the launcher passes to the kernel for a benchmark-shaped call (N=576, D=1024, l=lp,
+    contiguous CPU tensors of the variant's dtypes, as torch allocates them: 16-byte aligned), the
+    heuristics' flags included. Captured from ``triton_kernel._launch`` itself, so that the compile
+    below specialises exactly as a GPU launch of such a call does."""
+    from eadaprune_kernels.contract import PipelineConfig
+
+    batch = 2
+    tokens = torch.randn(batch * BENCH_N if ragged else batch, *(() if ragged else (BENCH_N,)), BENCH_D).to(
+        TORCH_DTYPES[dtype])
+    cu = torch.arange(batch + 1, dtype=torch.int64) * BENCH_N if ragged else None
+    sc = torch.rand(*tokens.shape[:-1]) if scores else None
+    cfg = PipelineConfig(energy=0.9, center=True, sketch_size=lp, power_iters=2, min_tokens=1,
+                         max_tokens=BENCH_N // 4, seed=0,
+                         sketch_matrix=torch.randn(BENCH_D, lp) if sketch else None)
+    budgets_in = torch.full((batch,), 8, dtype=torch.int32) if budgets else None
+    kernel, check = triton_backend._eadaprune_kernel, triton_backend._check_device
+    triton_backend._eadaprune_kernel, triton_backend._check_device = _Recorder(), lambda tokens: None
+    try:
+        triton_backend._launch(tokens, sc, cfg, True, budgets_in, cu)
+    except _LaunchCaptured as launch:
+        args, kwargs = launch.args, dict(launch.kwargs)
+    else:
+        raise RuntimeError("aot_compile_triton: the launcher returned without launching the kernel")
+    finally:
+        triton_backend._eadaprune_kernel, triton_backend._check_device = kernel, check
+    for name, heuristic in getattr(kernel, "values", {}).items():  # what @triton.heuristics adds
+        kwargs[name] = heuristic({**dict(zip(kernel.arg_names, args)), **kwargs})
+    return args, kwargs
+
+
+def jit_specialization(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False, arch=90):
+    """(options, signature, constexprs, attrs) of one variant as ``JITFunction.run`` computes them:
+    triton's own binder applied to the launcher's arguments (:func:`launch_arguments`). 16-byte aligned
+    pointers and integers divisible by 16 get ``tt.divisibility = 16``; integers equal to 1 (the tokens'
+    unit stride) become constants; the parameters the kernel marks do_not_specialize stay plain.
+    Without this the compiler can neither vectorise a load nor know a stride, and the SASS would not
+    be the one a GPU runs."""
+    jit = _jit_function()
+    args, kwargs = launch_arguments(dtype, lp, scores, sketch, budgets, ragged)
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(jit.signature, jit.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    return jit._pack_args(backend, kwargs, bound, specialization, options)
+
+
+def specialization_summary(signature: dict, constexprs: dict, attrs: dict) -> dict:
+    """The runtime parameters the compile specialised: those known divisible by 16 (pointers: 16-byte
+    aligned) and those that became constants (not the kernel's own constexprs)."""
+    names = list(signature)
+    own = {p.name for p in _jit_function().params if p.is_constexpr}
+    divisible = sorted(names[path[0]] for path, attr in attrs.items() if ["tt.divisibility", 16] in attr)
+    constants = {names[path[0]]: value for path, value in constexprs.items()
+                 if names[path[0]] not in own and value is not None}
+    return dict(divisible_by_16=divisible, constants=constants)
 
 
 def compile_variant(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False, arch=90):
-    """Compiles one variant with triton; returns (compiled kernel, config dict)."""
+    """Compiles one variant with triton, specialised as a GPU launch of it is
+    (:func:`jit_specialization`); returns (compiled kernel, config dict)."""
     jit = _jit_function()
-    params = [p.name for p in jit.params]
-    signature, constants, options = _signature(params, dtype, lp, scores, sketch, budgets, ragged)
-    constants = {k: v for k, v in constants.items() if k in params}
-    source = ASTSource(fn=jit, signature=signature,
-                       constexprs={(params.index(k),): v for k, v in constants.items()})
+    options, signature, constexprs, attrs = jit_specialization(dtype, lp, scores, sketch, budgets, ragged, arch)
+    source = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
     config = dict(dtype=dtype, lp=lp, scores=scores, sketch=sketch, budgets=budgets, ragged=ragged,
-                  arch=arch, **options)
+                  arch=arch, num_warps=options.num_warps, num_stages=options.num_stages,
+                  specialised=specialization_summary(signature, constexprs, attrs))
     # triton prints the whole PTX to stdout when ptxas fails: keep stdout for the JSON lines
     with contextlib.redirect_stdout(io.StringIO()):
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options.__dict__)
     return compiled, config
 
 

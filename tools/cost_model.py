@@ -12,15 +12,18 @@ For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the m
 2. finds the loops of each task's SASS function (backward branches; a loop's own body excludes the
    loops nested in it) and attributes them to the source by a marker statement
    (:data:`LOOP_MARKERS`: the function that holds the statement, looked up in the module that defines
-   it, and the statement; the loop is the innermost one whose own body holds the most instructions of
-   that line). It counts per loop iteration and per warp: instructions, shared-memory bytes, barriers,
-   shuffles, special-function ops, tensor-core FLOPs (HMMA / HGMMA), local-memory (spill) bytes and
-   global loads. A marker that is not in the source, or whose loop is not in the SASS of the task,
-   raises LookupError;
+   it, and the statement; the loop is the innermost one whose own body holds the most instructions
+   that line generated itself: the innermost entry of their inlining chain, since the call-site
+   entries are imprecise). It counts per loop iteration and per warp: instructions, shared-memory
+   bytes, barriers, shuffles, special-function ops, tensor-core FLOPs (HMMA / HGMMA), local-memory
+   (spill) bytes and global loads. A marker that is not in the source, whose loop is not in the SASS
+   of the task, or that picks the loop another name of the same task picked, raises LookupError;
 3. turns every count into cycles per iteration with the sm_90 rates of :data:`H200` (each stated and
-   justified there): t_iter = max(issue, shared + local memory, shuffles, MUFU, fp64, tensor cores)
-   + barriers x (barrier + shared-memory latency) + the exposed latency of global loads that are not
-   software-pipelined (one 8-warp program per SM has little other work to hide them);
+   justified there): throughput T = max(issue, shared + local memory, shuffles, MUFU, fp64, tensor
+   cores), latency = barriers x (barrier + shared-memory latency) + the exposed latency of global loads
+   that are not software-pipelined; alone on an SM t_iter = T + latency (one program has little other
+   work to hide it), and with r programs of a stage sharing an SM t_iter = max(r T, T + latency)
+   (they share the SM's throughput and hide each other's latency);
 4. describes the kernel as its stages, from ``launch_plan`` / ``stage_list`` (the real task counts:
    GR / GD rows / features per group, NG / DG groups per image): for every stage kind, the work of ONE
    task from its row or feature range and the tiling (BR, BD, BK, CB, FB, LP, JB, RB, BS and the section's
@@ -285,9 +288,12 @@ def loop_counts(instrs: list) -> dict:
     return dict(c)
 
 
-def iteration_cycles(counts: dict, warps: int, global_latency: int) -> tuple[float, str]:
-    """Cycles of one iteration of a loop run by ``warps`` warps of one program alone on an SM, and the
-    term that bounds it (see the module docstring, step 3)."""
+def iteration_cycles(counts: dict, warps: int, global_latency: int, resident: int = 1) -> tuple[float, str]:
+    """Cycles of one iteration of a loop run by ``warps`` warps of one program, and the term that bounds
+    it (see the module docstring, step 3). ``resident`` programs share the SM (all running such loops):
+    they share its issue slots and its shared-memory, shuffle, MUFU, fp64 and tensor-core throughput,
+    and each hides its latencies (barriers, global loads) behind the others' work: an iteration takes
+    max(resident x throughput term, throughput term + latencies)."""
     terms = {
         "issue": counts.get("instructions", 0) * warps / H200["issue_per_clk"],
         # shared memory and local memory (register spills) share the SM's L1 data path
@@ -300,11 +306,12 @@ def iteration_cycles(counts: dict, warps: int, global_latency: int) -> tuple[flo
                          + counts.get("tf32_flops", 0) * warps / TF32_PER_CLK),
     }
     bound = max(terms, key=terms.get)
-    cycles = terms[bound]
-    cycles += counts.get("barriers", 0) * (H200["barrier_latency"] + H200["smem_latency"])
+    latency = counts.get("barriers", 0) * (H200["barrier_latency"] + H200["smem_latency"])
     if counts.get("global_loads", 0) and not counts.get("async_loads", 0):
-        cycles += global_latency  # the loads of an iteration are waited for before its arithmetic
-    return cycles, bound
+        latency += global_latency  # the loads of an iteration are waited for before its arithmetic
+    if resident * terms[bound] > terms[bound] + latency:
+        return resident * terms[bound], f"{bound}, shared by {resident} programs"
+    return terms[bound] + latency, bound
 
 
 
@@ -407,13 +414,17 @@ def _marker_lines(function: str, marker: str) -> tuple[str, set[int]]:
     return _source_suffix(module), found
 
 
-def _hits(instrs: list, suffix: str, lines: set[int], alias: str | None) -> int:
-    """Instructions whose inlining chain holds one of ``lines`` of the file ``suffix``. ``alias``: a file
-    name that stands for it (triton 3.8's line records of noinline functions from triton_linalg name the
-    kernel's file, triton_kernel.py, with the right line numbers: seen in the SASS)."""
+def _hits(instrs: list, suffix: str, lines: set[int], alias: str | None, innermost: bool = True) -> int:
+    """Instructions generated by one of ``lines`` of the file ``suffix``: by the statement itself (the
+    innermost entry of the inlining chain), or with ``innermost=False`` by anything inlined through it.
+    ``alias``: a file name that stands for it (triton 3.8's line records of noinline functions from
+    triton_linalg name the kernel's file, triton_kernel.py, with the right line numbers: seen in the
+    SASS). The outer entries (call sites) are imprecise: the call of gram_partial at the end of
+    xt_times_q is recorded on the line before it, a statement of the task's own loop."""
     n = 0
     for ins in instrs:
-        if any(ln in lines and (path.endswith(suffix) or (alias and path.endswith(alias))) for path, ln in ins.chain):
+        chain = ins.chain[:1] if innermost else ins.chain
+        if any(ln in lines and (path.endswith(suffix) or (alias and path.endswith(alias))) for path, ln in chain):
             n += 1
     return n
 
@@ -424,8 +435,12 @@ def attribute_loop(section: Section, name: str) -> dict:
     instructions in the largest and the smallest copy) and the loop itself (``_loop``)."""
     function, marker = LOOP_MARKERS[name]
     suffix, lines = _marker_lines(function, marker)
-    alias = _source_suffix(kernel_module) if section.module != "triton_kernel" else None
+    # the alias is for statements of triton_linalg only: a statement of triton_tasks would match the
+    # kernel file's lines of the same numbers (the call sites every task's instructions carry)
+    alias = _source_suffix(kernel_module) if _defining_module(function) is linalg_module else None
     hits = [_hits(loop.own, suffix, lines, alias) for loop in section.loops]
+    if not any(hits):  # a marker whose own instructions are all inlined helpers' (a call statement)
+        hits = [_hits(loop.own, suffix, lines, alias, innermost=False) for loop in section.loops]
     if not any(hits):
         raise LookupError(f"cost_model: no SASS loop of {section.function} holds the marker of {name!r} "
                           f"({function}: {marker!r})")
@@ -671,27 +686,31 @@ def loop_info(var: Variant, sec: Section, name: str) -> dict:
     return var.loops[key]
 
 
-def task_cycles(var: Variant, sec: Section, work: Work, token_latency: int) -> tuple[float, float, str]:
-    """(cycles, serial steps, the term bounding the loop that takes longest) of one task alone on an SM."""
-    named, loops, seen = [], [], set()
-    for name, trips in work.loops:  # a SASS loop named twice (imprecise line records) counts once
+def task_cycles(var: Variant, sec: Section, work: Work, token_latency: int,
+                resident: int = 1) -> tuple[float, float, str]:
+    """(cycles, serial steps, the term bounding the loop that takes longest) of one task on an SM that
+    ``resident`` programs share."""
+    named, loops, seen = [], [], {}
+    for name, trips in work.loops:
         info = loop_info(var, sec, name)
-        if id(info["_loop"]) not in seen:
-            seen.add(id(info["_loop"]))
-            named.append(info)
-            loops.append((name, trips))
+        if id(info["_loop"]) in seen:  # counting it once would silently drop the other loop's work
+            raise LookupError(f"cost_model: {sec.function}: the markers of {name!r} and "
+                              f"{seen[id(info['_loop'])]!r} pick the same SASS loop: update LOOP_MARKERS")
+        seen[id(info["_loop"])] = name
+        named.append(info)
+        loops.append((name, trips))
     total, steps, worst, worst_name = 0.0, 0.0, -1.0, "issue"
     for (name, trips), info in zip(loops, named):
         reads_tokens = name.split(":")[0] in ("stats", "X W", "X^T Q", "gather")
         latency = token_latency if reads_tokens else H200["l2_latency"]
-        per_iter, within = iteration_cycles(info, var.warps, latency)
+        per_iter, within = iteration_cycles(info, var.warps, latency, resident)
         iters = math.ceil(trips / info["unroll"])
         total += iters * per_iter
         steps += iters
         if iters * per_iter > worst:
             worst, worst_name = iters * per_iter, within
     rest = section_rest(sec, named)
-    total += iteration_cycles(rest, var.warps, 0)[0]
+    total += iteration_cycles(rest, var.warps, 0, resident)[0]
     return total, steps, worst_name
 
 
@@ -729,13 +748,14 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
         reads_tokens = image.token_bytes > 0 and kind != K.K_GATHER
         from_l2 = tokens_fit_l2 and token_passes > 0
         token_latency = H200["l2_latency"] if from_l2 else H200["hbm_latency"]
-        # the largest task sets the serial time
-        per_task = [task_cycles(var, sec, w, token_latency) for w in works]
-        cycles, steps, within = max(per_task, key=lambda t: t[0])
         tasks = count
         concurrent = min(tasks, H200["sms"] * var.blocks_per_sm)
         waves = math.ceil(tasks / concurrent)
         sms = min(H200["sms"], math.ceil(concurrent / var.blocks_per_sm))
+        resident = math.ceil(concurrent / sms)  # programs sharing a busy SM (the scheduler fills idle SMs first)
+        # the largest task sets the serial time
+        per_task = [task_cycles(var, sec, w, token_latency, resident) for w in works]
+        cycles, steps, within = max(per_task, key=lambda t: t[0])
         used = sms / H200["sms"]
         hbm = image.token_bytes * (0 if from_l2 else 1) + image.out_bytes
         l2 = image.l2_bytes + image.token_rereads + (image.token_bytes if from_l2 else 0)

@@ -71,7 +71,7 @@ from .triton_linalg import apply_task, cholesky_inverse, eigen_task
 from .triton_tasks import (budget_task, fix_sketch, gather_rows, leverage_rows, ragged_plan, reduce_image,
                            select_rows, sigma_partial, sketch_tile, stats_and_sketch, x_times_w, xt_times_q)
 
-__all__ = ["NAME", "MAX_SKETCH_SIZE", "run", "kernel_settings", "kernel_flags", "kernel_signature", "launch_grid",
+__all__ = ["NAME", "MAX_SKETCH_SIZE", "run", "kernel_settings", "kernel_flags", "launch_grid",
            "programs_per_image", "stage_list", "launch_plan", "STAGE_KINDS"]
 
 NAME = "triton"
@@ -211,8 +211,8 @@ def programs_per_image(*, n: int, d: int, settings: dict, ragged: bool) -> int:
 
 def kernel_flags(*, dtype: torch.dtype, scores: bool, sketch: bool, budgets: bool, ragged: bool, center: bool,
                  select: bool, scores_f64: bool = False, power_iters: int = 2, interpreted: bool = False) -> dict:
-    """The flag constexprs of a launch (the launcher passes some, the heuristics derive the others):
-    what tools/aot_compile_triton.py needs besides :func:`kernel_settings` to compile a variant. SMAX
+    """The flag constexprs of a launch (the launcher passes some, the heuristics derive the others;
+    tools/aot_compile_triton.py compiles with the launcher's own arguments, captured). SMAX
     bounds the stages of an image (a power of two, from ``power_iters``); MAX_WAITS = 1 under the
     interpreter (see ``_wait_for``)."""
     settings = kernel_settings(dtype, 16)
@@ -220,22 +220,6 @@ def kernel_flags(*, dtype: torch.dtype, scores: bool, sketch: bool, budgets: boo
     return dict(CENTER=center, IS_F64=dtype == torch.float64, SC_F64=scores_f64, SELECT=select,
                 HAS_SKETCH=sketch, HAS_SCORES=scores, HAS_BUDGETS=budgets, RAGGED=ragged,
                 MAX_WAITS=1 if interpreted else 0, SMAX=_next_pow2(len(stages)))
-
-
-def kernel_signature(*, dtype: torch.dtype, scores: bool, sketch: bool, budgets: bool, ragged: bool) -> dict:
-    """Triton type of every runtime parameter of the kernel for one variant: "tokens" for the token
-    pointers (typed by the tokens' dtype), None for an optional pointer that is absent."""
-    del dtype, sketch
-    ints = ("sxb", "sxn", "sxd", "scb", "scn", "som_d", "som_l", "sotb", "sotm", "sotd", "N", "D", "L", "M", "B",
-            "POWER_ITERS", "MIN_TOKENS", "GR", "GD", "NG", "DG", "NG_TOTAL", "OM_TILES", "NSTAGES", "TOTAL")
-    spec = dict.fromkeys(ints, "i32")
-    f32 = ("OMS", "QWS", "WWS", "PART", "LWS", "TSUM", "MU", "CW", "SIG2", "LEV", "SIG", "ENERGY")
-    spec.update(dict.fromkeys(f32, "*fp32"))
-    spec.update(X="tokens", CU="*i64" if ragged else None, SC="*fp32" if scores else None, OM="*fp32",
-                TSCAL="*fp64", IMGF="*fp64", SIGP="*fp64", RANKS="*i32", IMGI="*i32", KEPT="*i32", KCNT="*i32",
-                PLAN="*i32", CNT="*i32", BUDGET="*i32", SAT="*u8", BIN="*i32" if budgets else None,
-                OTOK="tokens", OIDX="*i64", OMASK="*u8", SEED="i64", THRESH="fp32", FLAT_RTOL="fp32")
-    return spec
 
 
 # ---- the scheduler ---------------------------------------------------------------------------------
