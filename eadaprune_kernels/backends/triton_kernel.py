@@ -115,23 +115,25 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     and tools/cost_model.py).
 
     LP = the padded sketch width; BR / BD rows / features per tile (a [BR, LP] fp32 accumulator is
-    32 KB); CB the l x l block (FB the Cholesky's, smaller: its diagonal blocks factor by FB dependent
-    steps); JB the rows of a Jacobi block (subproblems of 2 JB); RB rows of the budget panels; PSLOTS
-    the Gram partials (and groups) per image side. Products with X: float16 / bfloat16 tokens stay exact and the fp32
-    operand is split into 16-bit parts (SPLIT16); float32 / float64 tokens are centred in fp32 and
-    multiplied in 3xTF32 (XPREC). The l x l work is 3xTF32 (SPREC). Never plain TF32: sm_90 truncates
-    TF32 operands toward zero, which puts every singular value ~7e-4 low.
+    32 KB); CB the l x l block (FB = 16 the Cholesky's, smaller: its diagonal blocks factor by FB
+    dependent steps, each cheaper on a smaller block); JB the rows of a Jacobi block (subproblems of
+    2 JB); RB rows of the budget panels; PSLOTS the Gram partials (and groups) per image side.
+    Products with X: float16 / bfloat16 tokens stay exact and the fp32 operand is split into 16-bit
+    parts (SPLIT16); float32 / float64 tokens are centred in fp32 and multiplied in 3xTF32 (XPREC).
+    The l x l work is 3xTF32 (SPREC). Never plain TF32: sm_90 truncates TF32 operands toward zero,
+    which puts every singular value ~7e-4 low.
     """
     lp = max(16, _next_pow2(sketch_size))
     tile = max(16, min(64, 4096 // lp))
-    # BK: the largest power of two in 16 .. 64 whose operand chunks [BK, tile] and [BK, LP] hold at
-    # most 6144 elements together (ptxas: 8192 spilled at LP 64 and 128)
-    chunk = 16
-    while chunk < 64 and 2 * chunk * (lp + tile) <= 6144:
-        chunk *= 2
     sixteen_bit = dtype in (torch.float16, torch.bfloat16)
+    # BK: doubled from 16 (up to 64) while BK (LP + tile) <= 6144 for 16-bit tokens, 3072 for fp32 /
+    # fp64 ones, whose products split both operands (ptxas, tools/aot_compile_triton.py: LP 128 with
+    # BK 64 fits in 254 registers for bf16 tokens and spills 4 B for fp32 ones)
+    chunk = 16
+    while chunk < 64 and chunk * (lp + tile) <= (6144 if sixteen_bit else 3072):
+        chunk *= 2
     return dict(
-        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), FB=min(lp, 32),
+        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), FB=16,
         # JB: the Jacobi subproblems [LP, 2 JB] hold at most 4096 elements (LP = 64 with JB = 32
         # spilled); JB >= 8 makes the group products' K = 2 JB >= 16, what tl.dot needs
         JB=max(8, min(lp // 4, 2048 // lp)),
