@@ -16,6 +16,7 @@ emulate_sm90_dot`, so these tests see what the GPU computes:
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import numpy as np
@@ -23,11 +24,12 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
+tl = triton.language
 
 from eadaprune_kernels import adaptive_prune, exact_budget, exact_svdvals  # noqa: E402
 from eadaprune_kernels.backends import triton_kernel as tb  # noqa: E402
 from eadaprune_kernels.backends.triton_interpreter import (  # noqa: E402
-    emulate_sm90_dot, round_fp32_to_bf16_bits, round_to_tf32, sm90_dot, truncate_to_tf32)
+    emulate_sm90_dot, install_bf16_fix, round_fp32_to_bf16_bits, round_to_tf32, sm90_dot, truncate_to_tf32)
 
 from helpers import assert_keeps_top_leverage, assert_matches_reference, config, make_tokens, run_backend  # noqa: E402
 
@@ -71,8 +73,37 @@ def test_bf16_rounding_matches_torch():
     np.testing.assert_array_equal(round_fp32_to_bf16_bits(x.numpy()), expected)
 
 
+@triton.jit
+def _cast_to_bf16(X, Y, N: tl.constexpr, BLOCK: tl.constexpr):
+    o = tl.arange(0, BLOCK)
+    tl.store(Y + o, tl.load(X + o, mask=o < N).to(tl.bfloat16), mask=o < N)
+
+
+def _interpreted_bf16_cast(x: torch.Tensor) -> torch.Tensor:
+    y = torch.empty(x.shape[0], dtype=torch.bfloat16)
+    _cast_to_bf16[(1,)](x, y, N=x.shape[0], BLOCK=triton.next_power_of_2(x.shape[0]))
+    return y
+
+
+@cpu_interp
+def test_the_backends_interpreter_fix_rounds_bf16_casts_to_nearest_even(monkeypatch):
+    """The plain interpreter truncates fp32 -> bf16 casts; install_bf16_fix (every interpreted launch
+    installs it) rounds them to nearest even as cvt.rn.bf16.f32 does: the kernel splits its fp32
+    operands into bf16 parts with such casts, and truncated parts would bias every product low."""
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    monkeypatch.setattr(InterpreterBuilder, "create_fp_trunc", inspect.unwrap(InterpreterBuilder.create_fp_trunc))
+    # 1 + 3/4 ulp (up), 1 + 1/2 ulp (a tie: to even), just above a tie (up), a negative, an exact value
+    x = torch.tensor([1 + 3 * 2**-9, 1 + 2**-8, 1 + 2**-8 + 2**-20, -(1 + 3 * 2**-9), 3.0], dtype=torch.float32)
+    nearest = x.to(torch.bfloat16)
+    assert nearest.float().tolist() == [1 + 2**-7, 1.0, 1 + 2**-7, -(1 + 2**-7), 3.0]
+    plain = _interpreted_bf16_cast(x)
+    assert plain.float().tolist() == [1.0, 1.0, 1.0, -1.0, 3.0], "the plain interpreter truncates"
+    install_bf16_fix()
+    assert torch.equal(_interpreted_bf16_cast(x), nearest)
+
+
 def test_sm90_dot_rounds_operands_per_precision():
-    tl = triton.language
     g = torch.Generator().manual_seed(0)
     a = torch.rand(64, 256, generator=g).numpy() + 0.5  # positive: truncation biases every product low
     b = torch.rand(256, 32, generator=g).numpy() + 0.5

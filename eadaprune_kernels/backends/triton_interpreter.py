@@ -3,9 +3,12 @@
 The interpreter (``TRITON_INTERPRET=1``) runs kernels with numpy on the CPU. For ``tl.dot`` it has
 two gaps that matter to this project:
 
-1. **bfloat16 operands are wrong.** The interpreter stores bf16 tensors as their uint16 bit patterns
-   and multiplies those integers (triton 3.6 and 3.8). :func:`install_bf16_dot_fix` decodes bf16
-   operands before the product; the Triton backend installs it whenever it runs interpreted.
+1. **bfloat16 is wrong twice.** The interpreter stores bf16 tensors as their uint16 bit patterns and
+   multiplies those integers in ``tl.dot``, and it truncates fp32 -> bf16 casts toward zero where the
+   GPU rounds to nearest even (``cvt.rn.bf16.f32``; triton 3.6 and 3.8). :func:`install_bf16_fix`
+   decodes bf16 operands before the product and rounds the casts; the Triton backend installs it
+   whenever it runs interpreted (the kernel splits fp32 operands into bf16 parts with such casts: a
+   truncated split would bias every product low).
 2. **``input_precision`` is ignored**: every fp32 product is computed in full fp32. On sm_90 (H100,
    H200) a ``wgmma`` with TF32 inputs reads the fp32 registers and drops their low 13 mantissa bits
    (rounding toward zero: a relative error up to 2^-10 per operand, biased low), so a kernel that
@@ -26,8 +29,7 @@ two gaps that matter to this project:
    float16 / bfloat16 operands are exact on the tensor cores whatever the precision (products of
    11-bit or 8-bit significands are exact in fp32); float64 operands are exact.
 
-   It also makes fp32 -> bf16 casts round to nearest even, as the GPU does (the interpreter of
-   triton 3.6 / 3.8 truncates them toward zero).
+   Its fp32 -> bf16 casts round to nearest even, as the GPU does, like :func:`install_bf16_fix`'s.
 
 What the emulation cannot show (the GPU may still differ from the interpreter in these):
 
@@ -49,7 +51,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["install_bf16_dot_fix", "install_device_call_fast_path", "emulate_sm90_dot", "sm90_dot", "truncate_to_tf32", "round_to_tf32",
+__all__ = ["install_bf16_fix", "install_device_call_fast_path", "emulate_sm90_dot", "sm90_dot", "truncate_to_tf32", "round_to_tf32",
            "round_fp32_to_bf16_bits"]
 
 _TF32_DROPPED_BITS = 13
@@ -122,15 +124,33 @@ def _builder_class():
     return InterpreterBuilder
 
 
-def install_bf16_dot_fix() -> None:
-    """Makes the interpreter's ``tl.dot`` decode bfloat16 operands (idempotent; interpreter only).
+def _rounding_bf16_trunc(plain):
+    """``create_fp_trunc`` whose fp32 -> bf16 casts round to nearest even (``cvt.rn.bf16.f32``), the
+    other casts left to ``plain``."""
+    import triton.language as tl
+    from triton.runtime.interpreter import TensorHandle
 
-    Without it the interpreter multiplies the uint16 bit patterns of bf16 tensors. The wrapped
-    ``create_dot`` keeps the interpreter's own arithmetic otherwise (full fp32 for every precision).
+    @functools.wraps(plain)
+    def create_fp_trunc(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            return TensorHandle(round_fp32_to_bf16_bits(src.data), tl.bfloat16)
+        return plain(self, src, dst_type)
+
+    create_fp_trunc.rounds_bf16 = True
+    return create_fp_trunc
+
+
+def install_bf16_fix() -> None:
+    """Makes the interpreter's bfloat16 arithmetic the GPU's (idempotent; interpreter only): ``tl.dot``
+    decodes bf16 operands (the interpreter multiplies their uint16 bit patterns) and fp32 -> bf16
+    casts round to nearest even (the interpreter truncates them). The wrapped ``create_dot`` keeps the
+    interpreter's own arithmetic otherwise (full fp32 for every precision).
     """
     from triton.runtime.interpreter import TensorHandle
 
     cls = _builder_class()
+    if not getattr(cls.create_fp_trunc, "rounds_bf16", False):
+        cls.create_fp_trunc = _rounding_bf16_trunc(cls.create_fp_trunc)
     current = cls.create_dot
     if getattr(current, "decodes_bf16", False):
         return
@@ -214,33 +234,26 @@ def round_fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 def emulate_sm90_dot(enabled: bool = True):
     """Within the block the interpreter computes as sm_90 does: ``tl.dot`` rounds its operands per
     input precision (see :func:`sm90_dot`), and fp32 -> bf16 casts round to nearest even, as
-    ``cvt.rn.bf16.f32`` does (the interpreter truncates them). The previous methods are restored on
-    exit.
+    ``cvt.rn.bf16.f32`` does. The previous methods are restored on exit.
 
-    ``enabled=False`` installs the plain interpreter's arithmetic instead (every fp32 ``tl.dot`` in
-    full fp32 whatever its input precision, bf16 operands decoded, truncating bf16 casts): what a
-    test without the emulation would see.
+    ``enabled=False`` installs what the backend's interpreter computes without the emulation (every
+    fp32 ``tl.dot`` in full fp32 whatever its input precision; bf16 operands decoded and casts
+    rounded, as :func:`install_bf16_fix` makes them): what a test without the emulation would see.
     """
-    import triton.language as tl
     from triton.runtime.interpreter import TensorHandle
 
     cls = _builder_class()
     previous_dot, previous_trunc = cls.create_dot, cls.create_fp_trunc
-    plain_trunc = getattr(previous_trunc, "plain_trunc", previous_trunc)
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
         precision = _precision_name(input_precision) if enabled else "ieee"
         return TensorHandle(sm90_dot(a.data, a.dtype, b.data, b.dtype, d.data, precision), d.dtype.scalar)
 
-    def create_fp_trunc(self, src, dst_type):
-        if enabled and src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            return TensorHandle(round_fp32_to_bf16_bits(src.data), tl.bfloat16)
-        return plain_trunc(self, src, dst_type)
-
     create_dot.decodes_bf16 = True
     create_dot.emulates_sm90 = enabled
-    create_fp_trunc.plain_trunc = plain_trunc
-    cls.create_dot, cls.create_fp_trunc = create_dot, create_fp_trunc
+    cls.create_dot = create_dot
+    if not getattr(previous_trunc, "rounds_bf16", False):
+        cls.create_fp_trunc = _rounding_bf16_trunc(previous_trunc)
     try:
         yield
     finally:

@@ -66,7 +66,7 @@ import torch
 
 from ..contract import ENERGY_SLACK, FLAT_RTOL, PipelineConfig
 from ..results import BudgetResult, PruneResult
-from .triton_interpreter import install_bf16_dot_fix, install_device_call_fast_path
+from .triton_interpreter import install_bf16_fix, install_device_call_fast_path
 from .triton_linalg import apply_task, cholesky_inverse, eigen_task
 from .triton_tasks import (budget_task, fix_sketch, gather_rows, leverage_rows, ragged_plan, reduce_image,
                            select_rows, sigma_partial, sketch_tile, stats_and_sketch, x_times_w, xt_times_q)
@@ -437,7 +437,7 @@ def _image_task(
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part_g, done, CENTER,
                        IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, BD, BK, CB, SPREC)
         elif kind == 7:
-            x_times_w(x_img, sxn, sxd, mu_img, n_img, D, l_img, row0, row1, w_img, q_img, img_f64, part_g, done,
+            x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, q_img, img_f64, part_g, done,
                       CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, BR, BK, CB, SPREC)
         elif kind == 8:
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part_g, done, CENTER,
@@ -647,8 +647,8 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
 
     # The interpreter swaps module-level hooks while it runs a kernel: it is not thread-safe, so
     # interpreted launches are serialised (compiled GPU launches are not affected).
-    if interpreting:  # the interpreter multiplies bf16 bit patterns in tl.dot unless told otherwise
-        install_bf16_dot_fix()
+    if interpreting:  # the interpreter multiplies bf16 bit patterns and truncates bf16 casts unless told otherwise
+        install_bf16_fix()
         install_device_call_fast_path()
     with _INTERPRETER_LOCK if interpreting else contextlib.nullcontext():
         _eadaprune_kernel[grid](

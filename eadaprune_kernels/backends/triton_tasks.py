@@ -70,34 +70,21 @@ def _tile_block(tile0, k0, ntiles, KT: tl.constexpr):
 
 
 @triton.jit
-def _round_to_bf16(v):
-    """fp32 v rounded to the nearest bfloat16 (ties to even), still as fp32 (finite v).
-
-    Done on the bits so that the result is the same on the GPU and in the interpreter, whose
-    fp32 -> bf16 cast truncates (triton 3.6 / 3.8): a truncated split would bias every product low.
-    """
-    bits = v.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _dot_x(b_x, b_f, acc, SPLIT16: tl.constexpr, PARTS: tl.constexpr, XPREC: tl.constexpr):
     """acc + b_x @ b_f for a tile of X (or its transpose) and an fp32 tile (Omega, Q or W).
 
     SPLIT16: b_x is exact in float16 / bfloat16 and b_f is split into PARTS (2 or 3) parts of that
-    dtype, each rounded to nearest: PARTS 16-bit MMAs with exact products and fp32 sums. Otherwise
-    XPREC ("tf32x3": Triton's 3xTF32 split, about fp32 accuracy) on fp32 tiles.
+    dtype, each rounded to nearest even by the cast (cvt.rn on the GPU; the backend's interpreter fix
+    rounds bf16 casts the same way, the plain interpreter would truncate them and bias every product
+    low): PARTS 16-bit MMAs with exact products and fp32 sums. Otherwise XPREC ("tf32x3": Triton's
+    3xTF32 split, about fp32 accuracy) on fp32 tiles.
     """
     if SPLIT16:
         rest = b_f
         for _ in tl.static_range(PARTS):
-            if b_x.dtype == tl.bfloat16:
-                part = _round_to_bf16(rest)
-            else:
-                part = rest.to(tl.float16).to(tl.float32)
-            acc = tl.dot(b_x, part.to(b_x.dtype), acc)
-            rest = rest - part
+            part = rest.to(b_x.dtype)
+            acc = tl.dot(b_x, part, acc)
+            rest = rest - part.to(tl.float32)
     else:
         acc = tl.dot(b_x, b_f, acc, input_precision=XPREC)
     return acc
@@ -291,8 +278,9 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
             b_c = tl.where(m_x, b_x - (colsum / n_t)[None, :], 0.0)
             ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)
             raw += tl.sum(tl.sum(b_x * b_x, 1), 0).to(tl.float64)
-            b_om = tl.load(OMS + cols[:, None] * LP + o_l[None, :],
-                           mask=(cols[:, None] < D) & (o_l[None, :] < l_img), other=0.0, cache_modifier=".cg")
+            # whole rows of Omega (vector loads); its columns from l_img on are zeroed in Y below
+            b_om = tl.load(OMS + cols[:, None] * LP + o_l[None, :], mask=(cols < D)[:, None], other=0.0,
+                           cache_modifier=".cg")
             if SPLIT16:
                 if PRESCALE16:
                     b_op = (b_raw.to(tl.float32) * inv_t).to(b_raw.dtype)
@@ -304,6 +292,8 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
             else:
                 b_op = b_x
             acc = _dot_x(b_op, b_om, acc, SPLIT16, 2, XPREC)
+        # column j of Y~ is X Omega[:, j]: the image's l_img columns, exact zeros past them
+        acc = tl.where(o_l[None, :] < l_img, acc, 0.0)
         tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=m_r[:, None])
         tl.store(TSCAL + t * 4 + 0, amax_t.to(tl.float64))
         tl.store(TSCAL + t * 4 + 1, ss)
@@ -438,13 +428,19 @@ def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_i
 
 
 @triton.jit(noinline=True)
-def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, l_img, row0, row1, w_img, q_img, img_f64, part, done,
+def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, q_img, img_f64, part, done,
               CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
               XPREC: tl.constexpr, LP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, CB: tl.constexpr,
               SPREC: tl.constexpr):
     """Q rows [row0, row1) = X_c W (W [D, LP] fp32 scratch), each row tile reduced over all of D in
     chunks of BK. SPLIT16: out_scale * (X W) - 1 (mu^T W), the rank-1 term summed on the CUDA cores as
-    W streams by. Then the Gram partial of those rows."""
+    W streams by. Then the Gram partial of those rows.
+
+    W's columns from the image's l_img on are exactly 0, as Q's are (xt_times_q reads whole rows too):
+    Y's are (stats_and_sketch zeroes Y~'s, fix_sketch masks Omega's), and a product or a CholeskyQR
+    pass keeps a zero column exactly zero (its Gram row and column are 0, its pivot the shift, its
+    L^-T row and column 0 off the diagonal). So W is read in whole rows: no per-column mask, vector
+    loads."""
     inv, out_scale, bad = product_scales(img_f64, IS_F64, SPLIT16, PRESCALE16)
     o_k = tl.arange(0, BK)
     o_l = tl.arange(0, LP)
@@ -458,7 +454,7 @@ def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, l_img, row0, row1, w_img, q_img
             b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, row1, D, inv, bad, CENTER, IS_F64, SPLIT16,
                              PRESCALE16, BR, BK)
             b_w = tl.load(w_img + cols[:, None] * LP + o_l[None, :],
-                          mask=(cols[:, None] < D) & (o_l[None, :] < l_img), other=0.0, cache_modifier=".cg")
+                          mask=(cols < D)[:, None], other=0.0, cache_modifier=".cg")
             acc = _dot_x(b_x, b_w, acc, SPLIT16, 2, XPREC)
             if CORRECT:
                 b_mu = tl.load(mu_img + cols, mask=cols < D, other=0.0, cache_modifier=".cg")
