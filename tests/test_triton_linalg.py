@@ -11,32 +11,9 @@ triton = pytest.importorskip("triton")
 if not (INTERPRETING or torch.cuda.is_available()):
     pytest.skip("Triton needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
 
-import triton.language as tl  # noqa: E402
-
-from eadaprune_kernels.backends.triton_kernel import MAX_SWEEPS, kernel_settings  # noqa: E402
-from eadaprune_kernels.backends.triton_linalg import jacobi_eigenvectors  # noqa: E402
+from eadaprune_kernels.backends.triton_kernel import MAX_SWEEPS, jacobi_alone  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETING else "cpu"
-
-
-@triton.jit
-def _jacobi_kernel(H, WORK, V, SWEEPS, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr,
-                   SPREC: tl.constexpr):
-    LL = LP * LP
-    sweeps = jacobi_eigenvectors(H, WORK, WORK + LL, WORK + 2 * LL, WORK + 3 * LL, V, LP, JB, MAX_SWEEPS, SPREC)
-    tl.store(SWEEPS, sweeps)
-
-
-def _jacobi(h: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(eigenvectors, sweeps run)"""
-    lp = h.shape[0]
-    settings = kernel_settings(torch.float32, lp)
-    work = torch.full((4, lp, lp), float("nan"), device=DEVICE)
-    v = torch.full((lp, lp), float("nan"), device=DEVICE)
-    sweeps = torch.full((1,), -1, dtype=torch.int32, device=DEVICE)
-    _jacobi_kernel[(1,)](h.clone(), work, v, sweeps, LP=lp, JB=settings["JB"], MAX_SWEEPS=MAX_SWEEPS,
-                         SPREC=settings["SPREC"], num_warps=settings["num_warps"])
-    return v, int(sweeps)
 
 
 def _known(lp: int, eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
@@ -53,7 +30,7 @@ def test_jacobi_diagonalises_a_known_spectrum(lp):
     lam[-lp // 4:] = 0.0  # rank-deficient, as padded sketch columns are
     h64 = _known(lp, lam, seed=lp + 1)
     h = h64.to(torch.float32).to(DEVICE)
-    v, sweeps = _jacobi(h)
+    v, sweeps = jacobi_alone(h)
     v = v.double().cpu()
     assert torch.isfinite(v).all(), "unwritten or non-finite eigenvector entries"
     assert 1 <= sweeps < MAX_SWEEPS, sweeps
@@ -69,6 +46,6 @@ def test_jacobi_diagonalises_a_known_spectrum(lp):
 def test_jacobi_of_a_diagonal_matrix_returns_a_permutation_free_identity_after_no_sweep():
     lp = 64
     h = torch.diag(torch.linspace(3.0, 1.0, lp)).to(DEVICE)
-    v, sweeps = _jacobi(h)
+    v, sweeps = jacobi_alone(h)
     assert torch.equal(v.cpu(), torch.eye(lp))
     assert sweeps == 0

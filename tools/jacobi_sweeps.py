@@ -21,20 +21,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
 from eadaprune_kernels.backends.triton_interpreter import emulate_sm90_dot  # noqa: E402
-from eadaprune_kernels.backends.triton_kernel import MAX_SWEEPS, kernel_settings  # noqa: E402
-from eadaprune_kernels.backends.triton_linalg import jacobi_eigenvectors  # noqa: E402
-
-
-@triton.jit
-def _sweeps_kernel(H, WORK, V, SWEEPS, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr,
-                   SPREC: tl.constexpr):
-    LL = LP * LP
-    sweeps = jacobi_eigenvectors(H, WORK, WORK + LL, WORK + 2 * LL, WORK + 3 * LL, V, LP, JB, MAX_SWEEPS, SPREC)
-    tl.store(SWEEPS, sweeps)
+from eadaprune_kernels.backends.triton_kernel import jacobi_alone  # noqa: E402
 
 
 def sketched_gram(x: torch.Tensor, l: int, q: int, gen: torch.Generator) -> torch.Tensor:
@@ -55,15 +43,6 @@ def image(n: int, d: int, rate: float, gen: torch.Generator) -> torch.Tensor:
     return (u * sv) @ v.T + 3.0
 
 
-def sweeps_of(h: torch.Tensor) -> int:
-    lp = h.shape[0]
-    settings = kernel_settings(torch.float32, lp)
-    out = torch.zeros(1, dtype=torch.int32)
-    _sweeps_kernel[(1,)](h.clone(), torch.empty(4, lp, lp), torch.empty(lp, lp), out, LP=lp, JB=settings["JB"],
-                         MAX_SWEEPS=MAX_SWEEPS, SPREC=settings["SPREC"])
-    return int(out)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=576)
@@ -78,11 +57,11 @@ def main(argv=None) -> int:
     print("|---|---|")
     with emulate_sm90_dot():
         for rate in args.rates:
-            sweeps = [sweeps_of(sketched_gram(image(args.n, args.d, rate, gen), args.l, args.q, gen))
+            sweeps = [jacobi_alone(sketched_gram(image(args.n, args.d, rate, gen), args.l, args.q, gen))[1]
                       for _ in range(args.images)]
             print(f"| sigma_i = exp(-{rate:g} i) | {', '.join(map(str, sweeps))} |", flush=True)
-        sweeps = [sweeps_of(sketched_gram(torch.randn(args.n, args.d, generator=gen, dtype=torch.float64), args.l,
-                                          args.q, gen)) for _ in range(args.images)]
+        sweeps = [jacobi_alone(sketched_gram(torch.randn(args.n, args.d, generator=gen, dtype=torch.float64), args.l,
+                                             args.q, gen))[1] for _ in range(args.images)]
         print(f"| Gaussian matrix | {', '.join(map(str, sweeps))} |", flush=True)
     return 0
 

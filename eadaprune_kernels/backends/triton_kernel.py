@@ -67,7 +67,7 @@ import torch
 from ..contract import ENERGY_SLACK, FLAT_RTOL, PipelineConfig
 from ..results import BudgetResult, PruneResult
 from .triton_interpreter import install_bf16_fix, install_device_call_fast_path
-from .triton_linalg import apply_task, cholesky_inverse, eigen_task
+from .triton_linalg import apply_task, cholesky_inverse, eigen_task, jacobi_eigenvectors
 from .triton_tasks import (budget_task, fix_sketch, gather_rows, leverage_rows, ragged_plan, reduce_image,
                            select_rows, sigma_partial, sketch_tile, stats_and_sketch, x_times_w, xt_times_q)
 
@@ -647,7 +647,7 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
 
     # The interpreter swaps module-level hooks while it runs a kernel: it is not thread-safe, so
     # interpreted launches are serialised (compiled GPU launches are not affected).
-    if interpreting:  # the interpreter multiplies bf16 bit patterns and truncates bf16 casts unless told otherwise
+    if interpreting:  # the interpreter multiplies bf16 bit patterns and truncates bf16 casts otherwise
         install_bf16_fix()
         install_device_call_fast_path()
     with _INTERPRETER_LOCK if interpreting else contextlib.nullcontext():
@@ -679,6 +679,32 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
             f"time: the global task order is not a topological order (a bug in the scheduler)"
         )
     return sigma, energy, budgets, saturated, out_tokens, out_indices, out_mask
+
+
+@triton.jit
+def _jacobi_alone(H, WORK, V, SWEEPS, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+                  SPREC: tl.constexpr):
+    LL = LP * LP
+    sweeps = jacobi_eigenvectors(H, WORK, WORK + LL, WORK + 2 * LL, WORK + 3 * LL, V, LP, JB, MAX_SWEEPS, SPREC)
+    tl.store(SWEEPS, sweeps)
+
+
+def jacobi_alone(h: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(eigenvectors as columns, sweeps run) of the symmetric fp32 matrix h [LP, LP] (LP a padded sketch
+    width, 16 .. 256) by the kernel's own Jacobi routine with the launcher's settings, in one program on
+    h's device (CPU: under the interpreter): for tests/test_triton_linalg.py and tools/jacobi_sweeps.py.
+    The work buffers and the output start as NaN, so an unwritten entry shows."""
+    lp = h.shape[0]
+    if h.shape != (lp, lp) or h.dtype != torch.float32 or lp != max(16, _next_pow2(lp)) or lp > MAX_SKETCH_SIZE:
+        raise ValueError(f"h: expected a square float32 matrix of side 16, 32, ..., {MAX_SKETCH_SIZE}, got "
+                         f"shape {tuple(h.shape)}, dtype {h.dtype}")
+    settings = kernel_settings(torch.float32, lp)
+    work = torch.full((4, lp, lp), float("nan"), device=h.device)
+    v = torch.full((lp, lp), float("nan"), device=h.device)
+    sweeps = torch.full((1,), -1, dtype=torch.int32, device=h.device)
+    _jacobi_alone[(1,)](h.clone(), work, v, sweeps, LP=lp, JB=settings["JB"], MAX_SWEEPS=MAX_SWEEPS,
+                        SPREC=settings["SPREC"], num_warps=settings["num_warps"])
+    return v, int(sweeps)
 
 
 def run(tokens: torch.Tensor, cu_seqlens: torch.Tensor | None, scores: torch.Tensor | None, cfg: PipelineConfig,

@@ -137,10 +137,10 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
     trailing update A_ij -= L_ik L_jk^T; then M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. Partials are
     summed in a fixed order (deterministic).
 
-    The block products are plain fp32 (CHOL_PREC = ``ieee``, CUDA cores), like the rank-1 steps: 3xTF32 truncates
-    its small parts on sm_90, a bias of ~5e-7 of the entries, too close to the shift (1e-6 of the
-    largest): with 32-wide blocks (three such trailing updates) it halved a singular value of
-    3e-4 sigma_1 that sits below the shift (tests/test_triton_numerics.py, the N = 2880 batch).
+    The block products are plain fp32 (CHOL_PREC = ``ieee``, CUDA cores), like the rank-1 steps: 3xTF32
+    truncates its small parts on sm_90, a bias of ~5e-7 of the entries, too close to the shift (1e-6 of
+    the largest): with 32-wide blocks (three such trailing updates) it halved a singular value of 3e-4
+    sigma_1 that sits below the shift (tests/test_triton_numerics.py, the N = 2880 batch).
     """
     NB: tl.constexpr = LP // FB
     o = tl.arange(0, FB)
