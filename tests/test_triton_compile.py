@@ -112,6 +112,28 @@ def test_cost_model_attributes_every_loop_and_adds_up():
         assert moved >= (2 * 2 + 2) * 576 * 1024 * 2
 
 
+def test_cost_model_placements_bound_each_other():
+    """The cost model's two placements of a stage's programs (spread over idle SMs first, or packed to
+    the blocks per SM first): both model the same stages, packing never makes a stage faster and makes
+    some slower at 2 blocks per SM; an unknown placement is refused, naming the choices."""
+    runs = {}
+    for placement in ("spread", "packed"):
+        out = subprocess.run([sys.executable, str(COST_MODEL), "--json", "--d", "1024", "--placement", placement],
+                             capture_output=True, text=True, timeout=1800)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        runs[placement] = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        assert runs[placement] and all(r["placement"] == placement for r in runs[placement])
+    spread = [r for r in runs["spread"] if "stage" in r]
+    packed = [r for r in runs["packed"] if "stage" in r]
+    assert [(r["batch"], r["stage"], r["tasks"]) for r in spread] == [(r["batch"], r["stage"], r["tasks"]) for r in packed]
+    assert all(b["seconds"] >= a["seconds"] * (1 - 1e-12) for a, b in zip(spread, packed))
+    if triton_backend.kernel_settings(torch.bfloat16, 128)["num_warps"] <= 4:  # 2 blocks per SM
+        assert any(b["seconds"] > a["seconds"] * (1 + 1e-6) for a, b in zip(spread, packed))
+    bad = subprocess.run([sys.executable, str(COST_MODEL), "--placement", "scattered"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0 and "placement" in bad.stderr and "spread" in bad.stderr
+
+
 def test_jacobi_sweep_counter_runs_the_kernels_routine():
     """tools/jacobi_sweeps.py (the calibration of the cost model's sweeps) runs the kernel's Jacobi on
     sketched Grams and reports a sweep count per image within [1, MAX_SWEEPS); a steep spectrum needs

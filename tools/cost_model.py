@@ -23,7 +23,11 @@ For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the m
    cores), latency = barriers x (barrier + shared-memory latency) + the exposed latency of global loads
    that are not software-pipelined; alone on an SM t_iter = T + latency (one program has little other
    work to hide it), and with r programs of a stage sharing an SM t_iter = max(r T, T + latency)
-   (they share the SM's throughput and hide each other's latency);
+   (they share the SM's throughput and hide each other's latency). Which SMs a stage's programs land
+   on is the hardware's choice, so the model takes it as an assumption (``--placement``): "spread"
+   (the default) puts them on distinct SMs while any is idle, as the block distributor does with the
+   blocks of a launch; "packed" fills every SM to its blocks per SM first, the pessimistic bound for
+   programs that claim their tickets where earlier tasks left a slot free;
 4. describes the kernel as its stages, from ``launch_plan`` / ``stage_list`` (the real task counts:
    GR / GD rows / features per group, NG / DG groups per image): for every stage kind, the work of ONE
    task from its row or feature range and the tiling (BR, BD, BK, CB, FB, LP, JB, RB, BS and the section's
@@ -74,6 +78,8 @@ from eadaprune_kernels.backends import triton_tasks as tasks_module  # noqa: E40
 K = kernel_module  # stage kinds K.K_STATS, ...
 
 # ---- the machine ---------------------------------------------------------------------------------
+
+PLACEMENTS = ("spread", "packed")  # where a stage's concurrent programs land (step 3 of the docstring)
 
 H200 = dict(
     sms=132,
@@ -564,9 +570,12 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
     elif kind == K.K_APPLY:
         tile = br if side == 0 else bd
         tiles = _cdiv(span, tile)
-        w = Work([("apply: block product", tiles * pairs), ("apply: column block", tiles * nb)],
-                 l2_bytes=tiles * pairs * (tile * cb + cb * cb) * 4 + span * lp * 4,
-                 tf32_flops=3 * 2.0 * span * cb * cb * pairs)
+        ab = s["AB"]  # apply_inverse_transpose works on [AB, AB] blocks of L^-T
+        anb = lp // ab
+        apairs = anb * (anb + 1) // 2
+        w = Work([("apply: block product", tiles * apairs), ("apply: column block", tiles * anb)],
+                 l2_bytes=tiles * apairs * (tile * ab + ab * ab) * 4 + span * lp * 4,
+                 tf32_flops=3 * 2.0 * span * ab * ab * apairs)
         if gram:
             w.add(gram_part(span))
     elif kind in (K.K_XTQ, K.K_Z):
@@ -714,8 +723,12 @@ def task_cycles(var: Variant, sec: Section, work: Work, token_latency: int,
     return total, steps, worst_name
 
 
-def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps: float) -> list[dict]:
-    """One row per stage of the call (launch_plan's stages and task counts)."""
+def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps: float,
+               placement: str = "spread") -> list[dict]:
+    """One row per stage of the call (launch_plan's stages and task counts); ``placement`` (spread or
+    packed: see the module docstring, step 3) puts a stage's concurrent programs on the SMs."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
     import torch
 
     tdtype = aot.TORCH_DTYPES[var.dtype]
@@ -751,8 +764,11 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
         tasks = count
         concurrent = min(tasks, H200["sms"] * var.blocks_per_sm)
         waves = math.ceil(tasks / concurrent)
-        sms = min(H200["sms"], math.ceil(concurrent / var.blocks_per_sm))
-        resident = math.ceil(concurrent / sms)  # programs sharing a busy SM (the scheduler fills idle SMs first)
+        if placement == "spread":  # idle SMs first
+            sms = min(H200["sms"], concurrent)
+        else:  # every SM filled to its blocks per SM first
+            sms = min(H200["sms"], math.ceil(concurrent / var.blocks_per_sm))
+        resident = math.ceil(concurrent / sms)  # programs sharing a busy SM
         # the largest task sets the serial time
         per_task = [task_cycles(var, sec, w, token_latency, resident) for w in works]
         cycles, steps, within = max(per_task, key=lambda t: t[0])
@@ -782,15 +798,15 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
 
 
 def predict(dtype: str, n: int, d: int, l: int, q: int, batches=(1, 64), sweeps: float = 5.0,
-            analysed: Variant | None = None) -> dict:
+            analysed: Variant | None = None, placement: str = "spread") -> dict:
     """Per-stage rows and totals per batch for one variant (``analysed``: reuse a compiled variant)."""
     settings = K.kernel_settings(aot.TORCH_DTYPES[dtype], l)
     var = analysed or analyse_variant(dtype, settings["LP"])
-    out = dict(dtype=dtype, n=n, d=d, l=l, q=q, lp=settings["LP"], warps=var.warps, sweeps=sweeps,
+    out = dict(dtype=dtype, n=n, d=d, l=l, q=q, lp=settings["LP"], warps=var.warps, sweeps=sweeps, placement=placement,
                blocks_per_sm=var.blocks_per_sm, occupancy_limit=var.occupancy_limit, usage=var.usage,
                shared=var.shared, overhead_cycles=var.overhead_cycles, batches={}, variant=var)
     for batch in batches:
-        rows = stage_rows(var, n, d, l, q, batch, sweeps)
+        rows = stage_rows(var, n, d, l, q, batch, sweeps, placement)
         per_call = sum(r["seconds"] for r in rows)
         programs = H200["sms"] * var.blocks_per_sm
         schedule = dict(tickets=ticket_schedule(rows, batch, programs), staggered=ticket_schedule(rows, batch, programs, 1),
@@ -920,7 +936,7 @@ def markdown(results: list[dict]) -> str:
         lines.append(f"### {res['dtype']}, N={res['n']}, D={res['d']}, l={res['l']} (LP={res['lp']}), q={res['q']}: "
                      f"{res['warps']} warps, {u['registers']} registers, {u['spill_stores']} B spill stores, "
                      f"{res['shared'] // 1024} KB shared, {res['blocks_per_sm']} block(s) per SM "
-                     f"({res['occupancy_limit']}), Jacobi {res['sweeps']:g} sweeps assumed")
+                     f"({res['occupancy_limit']}), Jacobi {res['sweeps']:g} sweeps assumed, programs {res['placement']}")
         lines.append("")
         for batch, b in res["batches"].items():
             lines.append(f"B={batch}: **{b['seconds_per_call'] * 1e6:.0f} us per call, "
@@ -978,14 +994,19 @@ def main(argv=None) -> int:
     ap.add_argument("--q", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--sweeps", type=float, default=5.0, help="Jacobi sweeps assumed (the issue saw 2.5-5.5)")
+    ap.add_argument("--placement", default="spread", choices=PLACEMENTS,
+                    help="a stage's programs on distinct SMs while any is idle (spread), or packed to the "
+                         "blocks per SM first (the pessimistic bound); see step 3 of the docstring")
     ap.add_argument("--json", action="store_true", help="JSON lines instead of markdown")
     args = ap.parse_args(argv)
     settings = K.kernel_settings(aot.TORCH_DTYPES[args.dtype], args.l)
     analysed = analyse_variant(args.dtype, settings["LP"])
-    results = [predict(args.dtype, args.n, d, args.l, args.q, args.batches, args.sweeps, analysed) for d in args.d]
+    results = [predict(args.dtype, args.n, d, args.l, args.q, args.batches, args.sweeps, analysed, args.placement)
+               for d in args.d]
     if args.json:
         for res in results:
-            head = dict(prediction=True, dtype=res["dtype"], n=res["n"], d=res["d"], l=res["l"], q=res["q"])
+            head = dict(prediction=True, dtype=res["dtype"], n=res["n"], d=res["d"], l=res["l"], q=res["q"],
+                        placement=res["placement"])
             for batch, b in res["batches"].items():
                 for row in b["rows"]:
                     print(json.dumps(dict(head, batch=batch, **row)))

@@ -116,8 +116,11 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
 
     LP = the padded sketch width; BR / BD rows / features per tile (a [BR, LP] fp32 accumulator is
     32 KB); CB the l x l block (FB = 16 the Cholesky's, smaller: its diagonal blocks factor by FB
-    dependent steps, each cheaper on a smaller block); JB the rows of a Jacobi block (subproblems of
+    dependent steps, each cheaper on a smaller block; AB = 32 the blocks of L^-T that a CholeskyQR
+    pass applies, what 4 warps hold without spilling); JB the rows of a Jacobi block (subproblems of
     2 JB); RB rows of the budget panels; PSLOTS the Gram partials (and groups) per image side.
+    4 warps per program up to LP = 128: two programs share an SM (registers), which the cost model puts
+    ~8% ahead of 8 warps at B=64 and ~2% behind at B=1 (LP = 128, bf16); 8 at LP = 256.
     Products with X: float16 / bfloat16 tokens stay exact and the fp32 operand is split into 16-bit
     parts (SPLIT16); float32 / float64 tokens are centred in fp32 and multiplied in 3xTF32 (XPREC).
     The l x l work is 3xTF32 (SPREC). Never plain TF32: sm_90 truncates TF32 operands toward zero,
@@ -126,20 +129,22 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     lp = max(16, _next_pow2(sketch_size))
     tile = max(16, min(64, 4096 // lp))
     sixteen_bit = dtype in (torch.float16, torch.bfloat16)
-    # BK: doubled from 16 (up to 64) while BK (LP + tile) <= 6144 for 16-bit tokens, 3072 for fp32 /
-    # fp64 ones, whose products split both operands (ptxas, tools/aot_compile_triton.py: LP 128 with
-    # BK 64 fits in 254 registers for bf16 tokens and spills 4 B for fp32 ones)
+    # 4 warps (2 programs per SM) up to LP 128; at LP 256 four warps spill 112-120 B, eight do not
+    warps = 4 if lp <= 128 else 8
+    # BK: doubled from 16 (up to 64) while BK (LP + tile) <= 768 x warps for 16-bit tokens, 384 x warps
+    # for fp32 / fp64 ones, whose products split both operands (ptxas, tools/aot_compile_triton.py: at
+    # LP 128 and 4 warps BK 32 fits in 242 registers for bf16 tokens, BK 64 spills 116 B)
     chunk = 16
-    while chunk < 64 and chunk * (lp + tile) <= (6144 if sixteen_bit else 3072):
+    while chunk < 64 and chunk * (lp + tile) <= (768 if sixteen_bit else 384) * warps:
         chunk *= 2
     return dict(
-        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), FB=16,
+        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), AB=min(lp, 32), FB=16,
         # JB: the Jacobi subproblems [LP, 2 JB] hold at most 4096 elements (LP = 64 with JB = 32
         # spilled); JB >= 8 makes the group products' K = 2 JB >= 16, what tl.dot needs
         JB=max(8, min(lp // 4, 2048 // lp)),
         RB=max(1, min(lp, 4096 // lp)), PSLOTS=8 if lp <= 128 else 4, MID_PASSES=1, FIN_PASSES=3,
         SPLIT16=sixteen_bit, PRESCALE16=dtype == torch.bfloat16, XPREC="tf32x3", SPREC="tf32x3",
-        MAX_SWEEPS=MAX_SWEEPS, num_warps=8, num_stages=2,
+        MAX_SWEEPS=MAX_SWEEPS, num_warps=warps, num_stages=2,
     )
 
 
@@ -346,7 +351,7 @@ def _image_task(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    FB: tl.constexpr, JB: tl.constexpr,
+    AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -430,9 +435,9 @@ def _image_task(
             cholesky_inverse(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, FB)
         elif kind == 5:
             if side == 0:
-                apply_task(q_img, row0, row1, m_mat, part_g, gram, done, LP, CB, BR, BK, SPREC)
+                apply_task(q_img, row0, row1, m_mat, part_g, gram, done, LP, AB, CB, BR, BK, SPREC)
             else:
-                apply_task(w_img, col0, col1, m_mat, part_g, gram, done, LP, CB, BD, BK, SPREC)
+                apply_task(w_img, col0, col1, m_mat, part_g, gram, done, LP, AB, CB, BD, BK, SPREC)
         elif kind == 6:
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part_g, done, CENTER,
                        IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, BD, BK, CB, SPREC)
@@ -483,7 +488,7 @@ def _eadaprune_kernel(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    FB: tl.constexpr, JB: tl.constexpr,
+    AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -522,7 +527,7 @@ def _eadaprune_kernel(
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
                 GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
-                LP, BR, BD, BK, BS, CB, FB, JB, RB, PSLOTS, MID_PASSES, FIN_PASSES,
+                LP, BR, BD, BK, BS, CB, AB, FB, JB, RB, PSLOTS, MID_PASSES, FIN_PASSES,
                 CENTER, IS_F64, SC_F64, SELECT, SPLIT16, PRESCALE16, XPREC, SPREC, MAX_SWEEPS, MAX_WAITS,
                 HAS_SKETCH, HAS_SCORES, HAS_BUDGETS, RAGGED,
             )

@@ -358,11 +358,12 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.const
 
 
 @triton.jit(noinline=True)
-def apply_task(ws, row0, row1, mmat, part, gram, done, LP: tl.constexpr, CB: tl.constexpr, BR: tl.constexpr,
-               BK: tl.constexpr, SPREC: tl.constexpr):
-    """One CholeskyQR pass on rows [row0, row1): ws <- ws L^-T, then (``gram`` != 0) the Gram partial
-    of the new rows for the next pass. A task: counts ``done``."""
-    apply_inverse_transpose(ws, row0, row1, mmat, LP, CB, BR, SPREC)
+def apply_task(ws, row0, row1, mmat, part, gram, done, LP: tl.constexpr, AB: tl.constexpr, CB: tl.constexpr,
+               BR: tl.constexpr, BK: tl.constexpr, SPREC: tl.constexpr):
+    """One CholeskyQR pass on rows [row0, row1): ws <- ws L^-T on [AB, AB] blocks of L^-T, then
+    (``gram`` != 0) the Gram partial of the new rows for the next pass on [CB, CB] blocks. A task:
+    counts ``done``."""
+    apply_inverse_transpose(ws, row0, row1, mmat, LP, AB, BR, SPREC)
     if gram != 0:
         gram_partial(ws, row0, row1, part, LP, CB, BK, SPREC)
     count_done(done)
