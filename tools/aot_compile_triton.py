@@ -143,8 +143,9 @@ def launch_arguments(dtype="fp16", lp=128, scores=False, sketch=False, budgets=F
     return args, kwargs
 
 
-def jit_specialization(dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False, arch=90):
-    """(options, signature, constexprs, attrs) of one variant as ``JITFunction.run`` computes them:
+def jit_specialization(target, dtype="fp16", lp=128, scores=False, sketch=False, budgets=False, ragged=False):
+    """(options, signature, constexprs, attrs) of one variant for ``target`` (a GPUTarget) as
+    ``JITFunction.run`` computes them:
     triton's own binder applied to the launcher's arguments (:func:`launch_arguments`). 16-byte aligned
     pointers and integers divisible by 16 get ``tt.divisibility = 16``; integers equal to 1 (the tokens'
     unit stride) become constants; the parameters the kernel marks do_not_specialize stay plain.
@@ -152,7 +153,7 @@ def jit_specialization(dtype="fp16", lp=128, scores=False, sketch=False, budgets
     be the one a GPU runs."""
     jit = _jit_function()
     args, kwargs = launch_arguments(dtype, lp, scores, sketch, budgets, ragged)
-    backend = make_backend(GPUTarget("cuda", arch, 32))
+    backend = make_backend(target)
     binder = create_function_from_signature(jit.signature, jit.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     return jit._pack_args(backend, kwargs, bound, specialization, options)
@@ -173,14 +174,15 @@ def compile_variant(dtype="fp16", lp=128, scores=False, sketch=False, budgets=Fa
     """Compiles one variant with triton, specialised as a GPU launch of it is
     (:func:`jit_specialization`); returns (compiled kernel, config dict)."""
     jit = _jit_function()
-    options, signature, constexprs, attrs = jit_specialization(dtype, lp, scores, sketch, budgets, ragged, arch)
+    target = GPUTarget("cuda", arch, 32)
+    options, signature, constexprs, attrs = jit_specialization(target, dtype, lp, scores, sketch, budgets, ragged)
     source = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
     config = dict(dtype=dtype, lp=lp, scores=scores, sketch=sketch, budgets=budgets, ragged=ragged,
                   arch=arch, num_warps=options.num_warps, num_stages=options.num_stages,
                   specialised=specialization_summary(signature, constexprs, attrs))
     # triton prints the whole PTX to stdout when ptxas fails: keep stdout for the JSON lines
     with contextlib.redirect_stdout(io.StringIO()):
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options.__dict__)
+        compiled = triton.compile(source, target=target, options=options.__dict__)
     return compiled, config
 
 

@@ -870,39 +870,42 @@ def ready_queue_schedule(rows: list[dict], batch: int, programs: int) -> float:
         else:
             stages.append((dur, r["tasks"] // batch, list(range(batch))))
     left = {}  # (image, stage) -> tasks not yet finished
-    ready = []  # heap of (ready time, stage, image, tasks to hand out)
-    heapq.heappush(ready, (0.0, 0, -1, stages[0][1]))
+    pending = [(0.0, 0, -1, stages[0][1])]  # heap of (ready time, stage, image, tasks to hand out)
+    avail = []  # heap of (stage, image, ready time, tasks): those whose ready time has come
+
+    def release(now):  # pending -> avail up to ``now``
+        while pending and pending[0][0] <= now:
+            rt, st, b, n_tasks = heapq.heappop(pending)
+            heapq.heappush(avail, (st, b, rt, n_tasks))
+
     free = [0.0] * programs
     heapq.heapify(free)
     finish = 0.0
     running = []  # heap of (end, stage, image)
-    while ready or running:
+    while pending or avail or running:
         t = heapq.heappop(free)
         # retire the tasks ended by t; with nothing ready, wait for the next one to end
-        while running and (running[0][0] <= t or not ready):
+        while running and (running[0][0] <= t or not (pending or avail)):
             end, st, b = heapq.heappop(running)
             t = max(t, end)
             left[(b, st)] -= 1
             if left[(b, st)] == 0 and st + 1 < len(stages):
                 nxt = [b] if b >= 0 else stages[st + 1][2]
                 for nb in nxt:
-                    heapq.heappush(ready, (end + handoff, st + 1, nb, stages[st + 1][1]))
-        if not ready:
+                    heapq.heappush(pending, (end + handoff, st + 1, nb, stages[st + 1][1]))
+        if not (pending or avail):
             heapq.heappush(free, t)
             continue
-        avail = [x for x in ready if x[0] <= t]
+        release(t)
         if not avail:  # nothing ready yet: wait for the earliest
-            t = min(x[0] for x in ready)
-            avail = [x for x in ready if x[0] <= t]
-        item = min(avail, key=lambda x: (x[1], x[2]))
-        ready.remove(item)
-        heapq.heapify(ready)
-        rt, st, b, n_tasks = item
+            t = pending[0][0]
+            release(t)
+        st, b, rt, n_tasks = heapq.heappop(avail)  # the first ready task in stage-major order
         left.setdefault((b, st), stages[st][1])
         end = max(t, rt) + stages[st][0]
         heapq.heappush(running, (end, st, b))
         if n_tasks > 1:
-            heapq.heappush(ready, (rt, st, b, n_tasks - 1))
+            heapq.heappush(avail, (st, b, rt, n_tasks - 1))
         heapq.heappush(free, end)
         finish = max(finish, end)
     return finish

@@ -139,8 +139,9 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
 
     The block products are plain fp32 (CHOL_PREC = ``ieee``, CUDA cores), like the rank-1 steps: 3xTF32
     truncates its small parts on sm_90, a bias of ~5e-7 of the entries, too close to the shift (1e-6 of
-    the largest): with 32-wide blocks (three such trailing updates) it halved a singular value of 3e-4
-    sigma_1 that sits below the shift (tests/test_triton_numerics.py, the N = 2880 batch).
+    the largest): it halved a singular value of 3e-4 sigma_1 that sits below the shift, seen when the
+    blocks were 32 wide (three such trailing updates; 16-wide blocks have more of them)
+    (tests/test_triton_numerics.py, the N = 2880 batch).
     """
     NB: tl.constexpr = LP // FB
     o = tl.arange(0, FB)
