@@ -433,7 +433,7 @@ def test_the_kernels_stage_decoder_is_the_launchers_stage_list(q, leverage, sele
 
 @triton.jit
 def _wait_never_satisfied(cnt, target, CNT, MAX_WAITS: tl.constexpr):
-    tl.atomic_add(CNT + 2, 1)  # CNT[_C_WAITS]: as _wait_for records a wait that cannot end
+    tl.atomic_add(CNT + 2, 1)  # CNT[_C_WAITS]: as wait_for records a wait that cannot end
 
 
 @cpu_interp
@@ -449,7 +449,7 @@ def test_programs_run_in_ticket_order_never_wait_and_a_wait_is_reported(monkeypa
     packed = torch.randn(70, 24, generator=g)
     cu = torch.tensor([0, 30, 31, 70])
     api.adaptive_prune(packed, cu_seqlens=cu, sketch_size=8, backend="triton")
-    monkeypatch.setattr(tb, "_wait_for", _wait_never_satisfied)
+    monkeypatch.setattr(tb, "wait_for", _wait_never_satisfied)
     with pytest.raises(RuntimeError, match=r"had to wait when the programs ran one at a time"):
         run_backend("triton", x, cfg)
 

@@ -149,8 +149,8 @@ def test_plain_tf32_products_fail_under_the_emulation_only(monkeypatch):
     assert int(ref.budgets) == 5
     shipped = tb.kernel_settings
 
-    def plain_tf32(dtype, sketch_size):
-        return dict(shipped(dtype, sketch_size), SPLIT16=False, PRESCALE16=False, XPREC="tf32")
+    def plain_tf32(dtype, sketch_size, interpreted=False):
+        return dict(shipped(dtype, sketch_size, interpreted), SPLIT16=False, PRESCALE16=False, XPREC="tf32")
 
     with emulate_sm90_dot(True):
         good = run_backend("triton", x, cfg, select=False)

@@ -117,7 +117,7 @@ H200 = dict(
     # Hand-off between two stages of one image, on its critical path: the last task's release
     # (count_done: a barrier, then atom.add.release, whose fence waits until the task's stores have
     # reached L2 and whose atomic is one more L2 round trip) and the next task's acquire poll
-    # (_wait_for: every poll is an L2 atomic round trip; the poll that sees the count returns about
+    # (wait_for: every poll is an L2 atomic round trip; the poll that sees the count returns about
     # one round trip after it landed). About 3 L2 round trips: 3 x 270 = 810 cycles (0.41 us).
     handoff_cycles=3 * 270,
     # Per task (every program runs one task and exits: the grid is one program per ticket): the
@@ -387,8 +387,8 @@ LOOP_MARKERS = {
     "gather: kept counts": ("gather_rows", "kept_before += tl.load(kcnt_img + g, cache_modifier=\".cg\")"),
     "gather: row chunk": ("gather_rows", "tl.store(out_tok + slot[:, None] * sotm + cols[None, :] * sotd, b_row, mask=m)"),
     "gather: row block": ("gather_rows", "tl.store(OIDX + b * M + slot, o_i.to(tl.int64), mask=kept)"),
-    # the scheduler's poll loop (_wait_for): excluded from the per-task overhead (the hand-off covers it)
-    "scheduler: poll": ("_wait_for", "seen = tl.atomic_add(cnt, 0, sem=\"acquire\")"),
+    # the scheduler's poll loop (wait_for): excluded from the per-task overhead (the hand-off covers it)
+    "scheduler: poll": ("wait_for", "seen = tl.atomic_add(cnt, 0, sem=\"acquire\")"),
 }
 
 _MODULES = (tasks_module, linalg_module, kernel_module)
@@ -499,10 +499,12 @@ class Work:
     tc16_flops: float = 0.0
     tf32_flops: float = 0.0
     cuda_flops: float = 0.0
+    waits: float = 0.0  # barriers between the programs of one image (each a hand-off: H200["handoff_cycles"])
 
     def add(self, other: "Work") -> "Work":
         self.loops += other.loops
-        for f in ("token_bytes", "token_rereads", "out_bytes", "l2_bytes", "tc16_flops", "tf32_flops", "cuda_flops"):
+        for f in ("token_bytes", "token_rereads", "out_bytes", "l2_bytes", "tc16_flops", "tf32_flops", "cuda_flops",
+                  "waits"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
         return self
 
@@ -590,20 +592,25 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
                  token_bytes=span * d * elt, l2_bytes=tiles * d * (lp + 1) * 4 + span * lp * 4,
                  cuda_flops=tiles * 2.0 * d * lp + 2.0 * span * lp, **x_product(span, d, lp, 2))
         w.add(gram_part(span))
-    elif kind == K.K_EIG:
+    elif kind == K.K_EIG:  # program ``span`` of the image's JP (program 0 also sums the partial Grams)
+        jp = s["JP"]
         rounds = sweeps * (lp - 1)
         s2 = 2 * s["JB"]
         groups = sweeps * (lp // s["JB"])
-        sets = groups * (lp // s2)
-        w = Work([("H: partial sums", pairs * shape["DG"]), ("Jacobi: group", groups), ("Jacobi: round", rounds),
-                  ("Jacobi: apply set", sets), ("Jacobi: apply back set", sets), ("Jacobi: sweep", sweeps)],
+        spp = lp // s2 // jp  # this program's sets per group: with one, the set loops are not loops (their
+        sets = groups * spp  # instructions are the group loop's own)
+        set_loops = [("Jacobi: apply set", sets), ("Jacobi: apply back set", sets)] if spp > 1 else []
+        w = Work([("H: partial sums", pairs * shape["DG"] if span == 0 else 0), ("Jacobi: group", groups),
+                  ("Jacobi: round", rounds), *set_loops, ("Jacobi: sweep", sweeps)],
                  # W = I written, V = W^T read and written; per group: the subproblems gathered, U
                  # stored and read twice, H and W read and written (R^T, W'), R^T read, H written; per
-                 # sweep the off-diagonal mass (H read once)
-                 l2_bytes=shape["DG"] * pairs * cb * cb * 4 + 3 * lp * lp * 4
-                 + groups * (4 * lp * s2 + 6 * lp * lp) * 4 + sweeps * lp * lp * 4,
-                 tf32_flops=groups * 3 * 6.0 * s2 * lp * lp,
-                 cuda_flops=rounds * (9.0 * lp * s2 + 40.0 * lp) + sweeps * 3.0 * lp * lp)
+                 # sweep the off-diagonal mass (H read once, by each program): this program's share
+                 l2_bytes=(shape["DG"] * pairs * cb * cb * 4 if span == 0 else 0) + 3 * lp * lp * 4 / jp
+                 + groups * (4 * lp * s2 + 6 * lp * lp) * 4 / jp + sweeps * lp * lp * 4,
+                 tf32_flops=groups * 3 * 6.0 * s2 * lp * lp / jp,
+                 cuda_flops=(rounds * (9.0 * lp * s2 + 40.0 * lp)) / jp + sweeps * 3.0 * lp * lp,
+                 # the programs meet after W = I and after both phases of every group
+                 waits=(1 + 2 * groups) if jp > 1 else 0)
     elif kind == K.K_SIGMA:
         kb = 32 if cb > 32 else cb
         ftiles = _cdiv(span, c["BD"])
@@ -720,6 +727,8 @@ def task_cycles(var: Variant, sec: Section, work: Work, token_latency: int,
             worst, worst_name = iters * per_iter, within
     rest = section_rest(sec, named)
     total += iteration_cycles(rest, var.warps, 0, resident)[0]
+    total += work.waits * H200["handoff_cycles"]  # barriers with the image's other programs
+    steps += work.waits
     return total, steps, worst_name
 
 
@@ -746,6 +755,8 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
         # the tasks of ONE image (the call-wide stage: all its tasks, shared by the batch)
         if kind == K.K_GLOBAL:
             spans = [None] * count
+        elif kind == K.K_EIG:  # JP programs per image: the span is the program's index
+            spans = list(range(s["JP"]))
         elif count == batch:  # one task per image
             spans = [None]
         elif side == 0:

@@ -7,23 +7,27 @@ by the kernel; outputs and scratch come from ``torch.empty`` (the task counters 
 the launcher reads no tensor data (no host synchronisation, CUDA-graph capturable).
 
 **Design: a persistent grid of programs that claim tasks in one global order.** Each image is a
-sequence of stages (:func:`stage_list`); a stage is a set of independent tasks (a group of row tiles,
-a group of feature tiles, or the whole image). The tasks of all stages of all images are numbered in
-one global order, stage-major: every task of stage s (of every image) comes before every task of
-stage s + 1; before them all, the call-wide stage: the tiles of Omega (shared by every image) and,
-for packed input, the plan (which group belongs to which image). A program claims the next number with
-an atomic add on a counter, waits until every task of the previous stage of its image is done
-(``CNT[b, s - 1]`` reaches that stage's task count), runs the task, then adds one to
-``CNT[b, s]`` (release; the waiting side acquires, and scratch is read through L2).
+sequence of stages (:func:`stage_list`); a stage is a set of tasks (a group of row tiles, a group of
+feature tiles, the whole image, or one of the JP programs of the image's Jacobi, which cooperate). The
+tasks of all stages of all images are numbered in one global order, stage-major: every task of stage s
+(of every image) comes before every task of stage s + 1; before them all, the call-wide stage: the
+tiles of Omega (shared by every image) and, for packed input, the plan (which group belongs to which
+image). A program claims the next number with an atomic add on a counter, waits until every task of
+the previous stage of its image is done (``CNT[b, s - 1]`` reaches that stage's task count), runs the
+task, then adds one to ``CNT[b, s]`` (release; the waiting side acquires, and scratch is read through
+L2).
 
 *Why it cannot deadlock.* A task waits only on tasks of an earlier stage, which have smaller numbers.
 Numbers are handed out in increasing order, so every task a claimed task waits on has been claimed
 already, by a program that is running (it made the claim). Take the smallest number that is claimed
 and not finished: everything it waits on is smaller, hence finished, so it runs to completion. By
-induction every claimed task finishes and the loop ends. Nothing assumes how many programs are
-resident at once: a grid larger than the machine only queues. Run one program at a time, as the
-Triton interpreter does, program 0 claims every task in order and never waits (the launcher checks
-it: under the interpreter a wait is recorded and raises).
+induction every claimed task finishes and the loop ends. A grid larger than the machine only queues.
+The one exception: the JP programs of an image's Jacobi (consecutive numbers of one stage) meet at
+barriers, which needs them resident together; the same order guarantees it whenever the GPU holds JP
+(<= 4) programs at once (the argument: ``triton_linalg.jacobi_eigenvectors``). Run one program at a
+time, as the Triton interpreter does, program 0 claims every task in order and never waits (the
+launcher gives the interpreter JP = 1, and checks it: under the interpreter a wait is recorded and
+raises).
 
 Per image (stage kinds, see :data:`STAGE_KINDS`): statistics + Y~ = X Omega (one pass over the tokens,
 each row tile scaled by its own power of two) -> reduce (scale, mean, exact centred energy, flags) ->
@@ -67,7 +71,7 @@ import torch
 from ..contract import ENERGY_SLACK, FLAT_RTOL, PipelineConfig
 from ..results import BudgetResult, PruneResult
 from .triton_interpreter import install_bf16_fix, install_device_call_fast_path
-from .triton_linalg import apply_task, cholesky_inverse, eigen_task, jacobi_eigenvectors
+from .triton_linalg import apply_task, cholesky_inverse, eigen_task, jacobi_eigenvectors, wait_for
 from .triton_tasks import (budget_task, fix_sketch, gather_rows, leverage_rows, ragged_plan, reduce_image,
                            select_rows, sigma_partial, sketch_tile, stats_and_sketch, x_times_w, xt_times_q)
 
@@ -109,7 +113,7 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
+def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = False) -> dict:
     """The compile-time settings of a launch for tokens of ``dtype`` and l = ``sketch_size``: tile
     sizes, warps, passes and the arithmetic of every product (also used by tools/aot_compile_triton.py
     and tools/cost_model.py).
@@ -118,7 +122,10 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     32 KB); CB the l x l block (FB = 16 the Cholesky's, smaller: its diagonal blocks factor by FB
     dependent steps, each cheaper on a smaller block; AB = 32 the blocks of L^-T that a CholeskyQR
     pass applies, what 4 warps hold without spilling); JB the rows of a Jacobi block (subproblems of
-    2 JB); RB rows of the budget panels; PSLOTS the Gram partials (and groups) per image side.
+    2 JB); JP the programs that share an image's Jacobi (its LP / 2 JB sets split between them, at
+    most 4: triton_linalg.jacobi_eigenvectors; 1 when ``interpreted``: the interpreter runs one program
+    at a time, and a barrier between two of them would never open); RB rows of the budget panels;
+    PSLOTS the Gram partials (and groups) per image side.
     4 warps per program up to LP = 128: two programs share an SM (registers), which the cost model puts
     ~8% ahead of 8 warps at B=64 and ~2% behind at B=1 (LP = 128, bf16); 8 at LP = 256.
     Products with X: float16 / bfloat16 tokens stay exact and the fp32 operand is split into 16-bit
@@ -137,11 +144,12 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int) -> dict:
     chunk = 16
     while chunk < 64 and chunk * (lp + tile) <= (768 if sixteen_bit else 384) * warps:
         chunk *= 2
+    # JB: the Jacobi subproblems [LP, 2 JB] hold at most 4096 elements (LP = 64 with JB = 32 spilled);
+    # JB >= 8 makes the group products' K = 2 JB >= 16, what tl.dot needs
+    jb = max(8, min(lp // 4, 2048 // lp))
     return dict(
         LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), AB=min(lp, 32), FB=16,
-        # JB: the Jacobi subproblems [LP, 2 JB] hold at most 4096 elements (LP = 64 with JB = 32
-        # spilled); JB >= 8 makes the group products' K = 2 JB >= 16, what tl.dot needs
-        JB=max(8, min(lp // 4, 2048 // lp)),
+        JB=jb, JP=1 if interpreted else min(4, lp // (2 * jb)),
         RB=max(1, min(lp, 4096 // lp)), PSLOTS=8 if lp <= 128 else 4, MID_PASSES=1, FIN_PASSES=3,
         SPLIT16=sixteen_bit, PRESCALE16=dtype == torch.bfloat16, XPREC="tf32x3", SPREC="tf32x3",
         MAX_SWEEPS=MAX_SWEEPS, num_warps=warps, num_stages=2,
@@ -175,7 +183,8 @@ def launch_plan(*, batch: int, n: int, d: int, settings: dict, ragged: bool, pow
                 select: bool) -> dict:
     """Task counts of a launch, from the shapes alone (``n`` is N, or T for packed input): groups of
     row tiles (GR rows) and of feature tiles (GD features) per image, the tasks of every stage (upper
-    bounds for packed input, whose groups per image the kernel reads from cu_seqlens), their total."""
+    bounds for packed input, whose groups per image the kernel reads from cu_seqlens), their total.
+    The Jacobi stage has JP tasks per image."""
     br, bd, slots = settings["BR"], settings["BD"], settings["PSLOTS"]
     gr = br * _cdiv(_cdiv(max(n, 1), br), slots)
     gd = bd * _cdiv(_cdiv(max(d, 1), bd), slots)
@@ -193,6 +202,8 @@ def launch_plan(*, batch: int, n: int, d: int, settings: dict, ragged: bool, pow
             counts.append(row_tasks)
         elif kind in _FEATURE_KINDS or (kind == K_APPLY and side == 1):
             counts.append(batch * dg)
+        elif kind == K_EIG:
+            counts.append(batch * settings["JP"])
         else:
             counts.append(batch)
     return dict(GR=gr, GD=gd, NG=ng, DG=dg, NG_TOTAL=row_tasks, TILES=tiles, OM_TILES=om_tiles, stages=stages,
@@ -221,7 +232,7 @@ def kernel_flags(*, dtype: torch.dtype, scores: bool, sketch: bool, budgets: boo
     """The flag constexprs of a launch (the launcher passes some, the heuristics derive the others;
     tools/aot_compile_triton.py compiles with the launcher's own arguments, captured). SMAX
     bounds the stages of an image (a power of two, from ``power_iters``); MAX_WAITS = 1 under the
-    interpreter (see ``_wait_for``)."""
+    interpreter (see ``triton_linalg.wait_for``)."""
     settings = kernel_settings(dtype, 16)
     stages = stage_list(power_iters, settings["MID_PASSES"], settings["FIN_PASSES"], select and not scores, select)
     return dict(CENTER=center, IS_F64=dtype == torch.float64, SC_F64=scores_f64, SELECT=select,
@@ -287,10 +298,11 @@ def _task_axis(kind, side):
 
 
 @triton.jit
-def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, RAGGED: tl.constexpr):
-    """Tickets of a stage of kind ``kind`` over the whole batch (see ``launch_plan``)."""
+def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, JP, RAGGED: tl.constexpr):
+    """Tickets of a stage of kind ``kind`` over the whole batch (see ``launch_plan``; kind 9, the
+    Jacobi: JP per image)."""
     rows, feats = _task_axis(kind, side)
-    n = tl.where(rows, NG_TOTAL, tl.where(feats, B * DG, B))
+    n = tl.where(rows, NG_TOTAL, tl.where(feats, B * DG, tl.where(kind == 9, B * JP, B)))
     if RAGGED:
         n = tl.where(kind == 0, OM_TILES + 1, n)
     else:
@@ -299,10 +311,10 @@ def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, RAGGED: tl.constexpr):
 
 
 @triton.jit
-def _image_tasks(kind, side, ng_img, DG):
+def _image_tasks(kind, side, ng_img, DG, JP):
     """Tasks of image b in a stage of kind ``kind`` (it has ng_img row groups)."""
     rows, feats = _task_axis(kind, side)
-    return tl.where(rows, ng_img, tl.where(feats, DG, 1))
+    return tl.where(rows, ng_img, tl.where(feats, DG, tl.where(kind == 9, JP, 1)))
 
 
 @triton.jit
@@ -318,20 +330,6 @@ def _image_rows(b, CU, N, GR, RAGGED: tl.constexpr):
         start = b.to(tl.int64) * N
         n_img = N
     return start, n_img
-
-
-@triton.jit
-def _wait_for(cnt, target, CNT, MAX_WAITS: tl.constexpr):
-    """Spins until the counter ``cnt`` reaches ``target`` (acquire). MAX_WAITS > 0 (the interpreter,
-    where a wait can never end): gives up after that many polls and records it in CNT[_C_WAITS]."""
-    seen = tl.atomic_add(cnt, 0, sem="acquire")
-    if MAX_WAITS > 0:
-        if seen < target:
-            tl.atomic_add(CNT + 2, 1)
-    else:
-        while seen < target:
-            seen = tl.atomic_add(cnt, 0, sem="acquire")
-    tl.debug_barrier()
 
 
 @triton.jit
@@ -351,7 +349,7 @@ def _image_task(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr,
+    AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -359,12 +357,12 @@ def _image_task(
     HAS_SKETCH: tl.constexpr, HAS_SCORES: tl.constexpr, HAS_BUDGETS: tl.constexpr, RAGGED: tl.constexpr,
 ):
     """Ticket i of stage ``stage`` >= 1 (kind, side, gram; the previous stage's kind and side): decode
-    the image b and its group g, wait for the image's previous stage, run the task (which counts
-    itself done)."""
+    the image b and its group g (the Jacobi: its program g of JP), wait for the image's previous
+    stage, run the task (which counts itself done)."""
     LL = LP * LP
     rows_kind, feats_kind = _task_axis(kind, side)
     if RAGGED:  # the plan maps groups to images
-        _wait_for(CNT + 1, OM_TILES + 1, CNT, MAX_WAITS)
+        wait_for(CNT + 1, OM_TILES + 1, CNT, MAX_WAITS)
     if rows_kind:
         if RAGGED:
             b = tl.load(PLAN + 2 * (B + 1) + i, cache_modifier=".cg")  # the group's image (-1: none)
@@ -375,6 +373,9 @@ def _image_task(
     elif feats_kind:
         b = i // DG
         g = i % DG
+    elif kind == 9:
+        b = i // JP
+        g = i % JP
     else:
         b = i
         g = i * 0
@@ -389,11 +390,11 @@ def _image_task(
         # wait for the image's previous stage (the first image stage waits for the call-wide one)
         if stage == 1:
             if RAGGED:
-                _wait_for(CNT + 1, OM_TILES + 1, CNT, MAX_WAITS)
+                wait_for(CNT + 1, OM_TILES + 1, CNT, MAX_WAITS)
             else:
-                _wait_for(CNT + 1, OM_TILES, CNT, MAX_WAITS)
+                wait_for(CNT + 1, OM_TILES, CNT, MAX_WAITS)
         else:
-            _wait_for(CNT + 3 + b * NSTAGES + stage - 1, _image_tasks(k_prev, s_prev, ng_img, DG), CNT,
+            wait_for(CNT + 3 + b * NSTAGES + stage - 1, _image_tasks(k_prev, s_prev, ng_img, DG, JP), CNT,
                       MAX_WAITS)
         l_img = tl.minimum(L, n_img)
         m_img = tl.minimum(M, n_img)
@@ -448,7 +449,8 @@ def _image_task(
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part_g, done, CENTER,
                        IS_F64, SPLIT16, PRESCALE16, 3, XPREC, LP, BD, BK, CB, SPREC)
         elif kind == 9:
-            eigen_task(part_img, DG, a_mat, m_mat, done, LP, CB, JB, MAX_SWEEPS, SPREC)
+            eigen_task(part_img, DG, a_mat, m_mat, done, g, CNT + 3 + B * NSTAGES + b, CNT, LP, CB, JB, JP,
+                       MAX_SWEEPS, MAX_WAITS, SPREC)
         elif kind == 10:
             sigma_partial(w_img, col0, col1, m_mat, SIGP + (b64 * PSLOTS + g) * LP, done, LP, CB, BD, SPREC)
         elif kind == 11:
@@ -488,7 +490,7 @@ def _eadaprune_kernel(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr,
+    AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -503,7 +505,7 @@ def _eadaprune_kernel(
     # (int64: the interpreter checks every int32 operation for overflow, slowly)
     o_s = tl.arange(0, SMAX).to(tl.int64)
     kinds, sides, grams = _stage_info(o_s, POWER_ITERS, MID_PASSES, FIN_PASSES, LEVERAGE)
-    counts = tl.where(o_s < NSTAGES, _stage_tickets(kinds, sides, B, OM_TILES, NG_TOTAL, DG, RAGGED), 0)
+    counts = tl.where(o_s < NSTAGES, _stage_tickets(kinds, sides, B, OM_TILES, NG_TOTAL, DG, JP, RAGGED), 0)
     stage = tl.sum((tl.cumsum(counts, 0) <= t).to(tl.int64), 0)
     i = (t - tl.sum(tl.where(o_s < stage, counts, 0), 0)).to(tl.int32)
     kind = tl.sum(tl.where(o_s == stage, kinds, 0), 0).to(tl.int32)
@@ -527,7 +529,7 @@ def _eadaprune_kernel(
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
                 GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
-                LP, BR, BD, BK, BS, CB, AB, FB, JB, RB, PSLOTS, MID_PASSES, FIN_PASSES,
+                LP, BR, BD, BK, BS, CB, AB, FB, JB, JP, RB, PSLOTS, MID_PASSES, FIN_PASSES,
                 CENTER, IS_F64, SC_F64, SELECT, SPLIT16, PRESCALE16, XPREC, SPREC, MAX_SWEEPS, MAX_WAITS,
                 HAS_SKETCH, HAS_SCORES, HAS_BUDGETS, RAGGED,
             )
@@ -567,7 +569,7 @@ def workspace_bytes(*, batch: int, n: int, d: int, settings: dict, plan: dict, r
     f64 = plan["TILES"] * 4 + batch * 8 + batch * slots * lp
     # ranks, (k*, budget, r), kept flags, kept counts, the ragged plan, the counters
     i32 = batch * lp + 4 * batch + rows + batch * slots + 2 * (batch + 1) + plan["NG_TOTAL"] + _C_IMAGES \
-        + batch * len(plan["stages"])
+        + batch * len(plan["stages"]) + batch
     return 4 * f32 + 8 * f64 + 4 * i32
 
 
@@ -594,7 +596,8 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
         x_strides = (0, *tokens.stride())
         rows = n
     l, m = cfg.sketch_size, cfg.max_tokens
-    settings = kernel_settings(tokens.dtype, l)
+    interpreting = _interpreting()
+    settings = kernel_settings(tokens.dtype, l, interpreted=interpreting)
     lp, slots = settings["LP"], settings["PSLOTS"]
     leverage = select and scores is None
     plan = launch_plan(batch=batch, n=n, d=d, settings=settings, ragged=ragged, power_iters=cfg.power_iters,
@@ -622,10 +625,9 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     kept = scratch(max(rows, 1), dtype=i32)
     kcnt = scratch(batch, slots, dtype=i32)
     plan_ws = scratch(2 * (batch + 1) + plan["NG_TOTAL"], dtype=i32)
-    counters = torch.zeros(_C_IMAGES + batch * len(plan["stages"]), device=dev, dtype=i32)
-    interpreting = _interpreting()
-    grid = launch_grid(batch=batch, n=n, d=d, settings=settings, ragged=ragged, power_iters=cfg.power_iters,
-                       leverage=leverage, select=select)
+    # [ticket, call-wide stage done, interpreter waits, CNT[b, s]..., the Jacobi barrier of image b...]
+    counters = torch.zeros(_C_IMAGES + batch * len(plan["stages"]) + batch, device=dev, dtype=i32)
+    grid = (max(1, plan["total"]),)  # launch_grid: one program per task
     sigma = scratch(batch, l)
     energy = scratch(batch)
     budgets = scratch(batch, dtype=i32)
@@ -687,28 +689,38 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
 
 
 @triton.jit
-def _jacobi_alone(H, WORK, V, SWEEPS, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr,
-                  SPREC: tl.constexpr):
+def _jacobi_alone(H, WORK, V, SWEEPS, CNT, LP: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
+                  MAX_SWEEPS: tl.constexpr, MAX_WAITS: tl.constexpr, SPREC: tl.constexpr, REVERSE: tl.constexpr):
     LL = LP * LP
-    sweeps = jacobi_eigenvectors(H, WORK, WORK + LL, WORK + 2 * LL, WORK + 3 * LL, V, LP, JB, MAX_SWEEPS, SPREC)
+    sweeps = jacobi_eigenvectors(H, WORK, WORK + LL, WORK + 2 * LL, WORK + 3 * LL, V, 0, CNT + 3, CNT, LP, JB, JP,
+                                 JP, MAX_SWEEPS, MAX_WAITS, SPREC, REVERSE)
     tl.store(SWEEPS, sweeps)
 
 
-def jacobi_alone(h: torch.Tensor) -> tuple[torch.Tensor, int]:
+def jacobi_alone(h: torch.Tensor, *, parts: int | None = None, reverse: bool = False) -> tuple[torch.Tensor, int]:
     """(eigenvectors as columns, sweeps run) of the symmetric fp32 matrix h [LP, LP] (LP a padded sketch
     width, 16 .. 256) by the kernel's own Jacobi routine with the launcher's settings, in one program on
-    h's device (CPU: under the interpreter): for tests/test_triton_linalg.py and tools/jacobi_sweeps.py.
-    The work buffers and the output start as NaN, so an unwritten entry shows."""
+    h's device (CPU: under the interpreter) that runs the routine's ``parts`` parts (default: JP, as
+    many as the GPU launch has programs) in sequence, in reverse order with ``reverse``: for
+    tests/test_triton_linalg.py and tools/jacobi_sweeps.py. The work buffers and the output start as
+    NaN, so an unwritten entry shows."""
     lp = h.shape[0]
     if h.shape != (lp, lp) or h.dtype != torch.float32 or lp != max(16, _next_pow2(lp)) or lp > MAX_SKETCH_SIZE:
         raise ValueError(f"h: expected a square float32 matrix of side 16, 32, ..., {MAX_SKETCH_SIZE}, got "
                          f"shape {tuple(h.shape)}, dtype {h.dtype}")
     settings = kernel_settings(torch.float32, lp)
+    parts = settings["JP"] if parts is None else parts
+    if parts not in [1 << i for i in range(settings["JP"].bit_length())]:
+        raise ValueError(f"parts: expected a power of two up to {settings['JP']} (JP at LP = {lp}), got {parts!r}")
     work = torch.full((4, lp, lp), float("nan"), device=h.device)
     v = torch.full((lp, lp), float("nan"), device=h.device)
     sweeps = torch.full((1,), -1, dtype=torch.int32, device=h.device)
-    _jacobi_alone[(1,)](h.clone(), work, v, sweeps, LP=lp, JB=settings["JB"], MAX_SWEEPS=MAX_SWEEPS,
-                        SPREC=settings["SPREC"], num_warps=settings["num_warps"])
+    counters = torch.zeros(4, dtype=torch.int32, device=h.device)  # [.., .., waits, the barrier]
+    _jacobi_alone[(1,)](h.clone(), work, v, sweeps, counters, LP=lp, JB=settings["JB"], JP=parts,
+                        MAX_SWEEPS=MAX_SWEEPS, MAX_WAITS=int(h.device.type == "cpu"), SPREC=settings["SPREC"],
+                        REVERSE=reverse, num_warps=settings["num_warps"])
+    if int(counters[_C_WAITS]) != 0:
+        raise RuntimeError("jacobi_alone: the routine's barrier waited with one program (a bug)")
     return v, int(sweeps)
 
 

@@ -53,6 +53,31 @@ def count_done(done):
 
 
 @triton.jit
+def wait_for(cnt, target, CNT, MAX_WAITS: tl.constexpr):
+    """Spins until the counter ``cnt`` reaches ``target`` (acquire). MAX_WAITS > 0 (the interpreter,
+    where a wait can never end): polls once and, if the target is not reached, records it in
+    CNT[2] (the launcher raises)."""
+    seen = tl.atomic_add(cnt, 0, sem="acquire")
+    if MAX_WAITS > 0:
+        if seen < target:
+            tl.atomic_add(CNT + 2, 1)
+    else:
+        while seen < target:
+            seen = tl.atomic_add(cnt, 0, sem="acquire")
+    tl.debug_barrier()
+
+
+@triton.jit(noinline=True)
+def programs_barrier(ctr, k, nprog, CNT, MAX_WAITS: tl.constexpr):
+    """The k-th barrier (k = 1, 2, ...) of the ``nprog`` programs that share the counter ``ctr``
+    (zeroed by the launcher): every program's stores come first, then each adds one (release) and
+    waits until all nprog x k have arrived (acquire). The programs must all be resident: see
+    jacobi_eigenvectors for why they are."""
+    count_done(ctr)
+    wait_for(ctr, k * nprog, CNT, MAX_WAITS)
+
+
+@triton.jit
 def _load_block(mat, bi, bj, LP: tl.constexpr, CB: tl.constexpr):
     """Block (bi, bj) [CB, CB] of the row-major [LP, LP] fp32 matrix ``mat``."""
     o = tl.arange(0, CB)
@@ -287,8 +312,9 @@ def _off_diagonal(h, LP: tl.constexpr, PB: tl.constexpr):
 
 
 @triton.jit
-def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.constexpr, MAX_SWEEPS: tl.constexpr,
-                        SPREC: tl.constexpr):
+def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
+                        JSEQ: tl.constexpr, MAX_SWEEPS: tl.constexpr, MAX_WAITS: tl.constexpr, SPREC: tl.constexpr,
+                        REVERSE: tl.constexpr):
     """Eigenvectors (columns, into ``vout``) of the symmetric h [LP, LP] (overwritten); t [LP, LP],
     uset [LP * 2 JB], w0 and w1 [LP, LP] are work buffers. Parallel two-sided Jacobi in the XOR
     ordering (see the module docstring); stops when the squared off-diagonal mass is below
@@ -297,26 +323,54 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.const
     Blocked, with the same rotations in the same order: the rounds m = g JB .. g JB + JB - 1 (group g;
     group 0 starts at m = 1) pair index r with r XOR m, which stays in the union of its JB-row block
     and the block XOR g (for g = 0: the block itself). Those unions are independent 2 JB x 2 JB
-    subproblems for the whole group: they are gathered once, the group's rounds run on them in
+    subproblems (sets) for the whole group: they are gathered once, the group's rounds run on them in
     registers (accumulating each subproblem's rotations in U), and then H <- U^T H U and
     W <- U^T W (W = V^T) are applied once as tensor-core products. R = U^T H is stored transposed and
     U^T R^T = (U^T H U)^T, up to rounding symmetric, replaces H. The products are 3xTF32: sm_90
     truncates the small parts' low bits, a bias of ~2^-21 per product that would shrink the
     eigenvectors' norms by ~1e-6 per group (3.7e-5 seen at LP = 128); each eigenvector is normalised
-    at the end (the angles between them stay accurate to ~1e-6)."""
+    at the end (the angles between them stay accurate to ~1e-6).
+
+    **Split over JP virtual programs**, each owning LP / (2 JB JP) sets (and LP / JP rows of W and V):
+    a group is two phases, (1) the rounds of its own sets, U^T H of their rows into R^T and their rows
+    of W', (2) the rows of its own sets of H' = U^T R^T; phase 1 reads only H and W rows of its own
+    sets, phase 2 R^T rows that every set wrote. This routine runs JSEQ of the virtual programs one
+    after the other (virtual programs p JSEQ .. p JSEQ + JSEQ - 1; in reverse order when REVERSE, which
+    must not change a bit: a test checks that no phase reads what another set writes in it), and the
+    JP / JSEQ real programs that share the image meet at ``programs_barrier`` (counter ``bar``) after
+    every phase. The kernel runs JSEQ = 1: JP programs, one per virtual program (the launcher sets
+    JP = 1 under the interpreter, which runs one program at a time); the kernel's own tests run
+    JSEQ = JP virtual programs in one program (``jacobi_alone``), whose barriers never wait. Every
+    real program computes the off-diagonal mass itself (the same number from the same H) and so
+    leaves the sweep loop with the others.
+
+    *Why the barrier cannot deadlock*: the JP / JSEQ programs of an image are consecutive tickets of
+    one stage, waiting for the same previous stage. Take the smallest claimed, unfinished ticket: its
+    earlier siblings are finished, which they cannot be before it arrives at their barriers, so it is
+    the first of its image; its later siblings are running or unclaimed, and while fewer than JP of
+    them run, a resident slot is free for the next program to claim the next ticket (the grid has one
+    program per ticket). So the siblings all become resident, provided a GPU holds JP programs at
+    once (JP <= 4; an H100 / H200 holds 132 x 2)."""
     S2: tl.constexpr = 2 * JB
     NS: tl.constexpr = LP // S2
+    SPP: tl.constexpr = NS // JP  # sets per virtual program
+    VROWS: tl.constexpr = LP // JP  # rows of W / V per virtual program
+    NPROG: tl.constexpr = JP // JSEQ  # real programs per image
     o = tl.arange(0, LP)
     o_b = tl.arange(0, JB)
     a = tl.arange(0, S2)
-    sets = tl.arange(0, NS)
-    for r0 in range(0, LP, JB):
-        rows = r0 + o_b
-        tl.store(w0 + rows[:, None] * LP + o[None, :], tl.where(rows[:, None] == o[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    own = tl.arange(0, SPP)
+    k = 0  # barriers passed
+    for vi in range(JSEQ):
+        vp = p * JSEQ + vi
+        for r0 in range(vp * VROWS, vp * VROWS + VROWS, JB):
+            rows = r0 + o_b
+            tl.store(w0 + rows[:, None] * LP + o[None, :], tl.where(rows[:, None] == o[None, :], 1.0, 0.0))
+    k += 1
+    programs_barrier(bar, k, NPROG, CNT, MAX_WAITS)
     off, full = _off_diagonal(h, LP, JB)
     tol = (2.0 * LP * FP32_UNIT_ROUNDOFF) * (2.0 * LP * FP32_UNIT_ROUNDOFF) * full
-    eye = tl.where(a[None, :, None] == a[None, None, :], 1.0, 0.0) + tl.zeros([NS, S2, S2], dtype=tl.float32)
+    eye = tl.where(a[None, :, None] == a[None, None, :], 1.0, 0.0) + tl.zeros([SPP, S2, S2], dtype=tl.float32)
     ws = w0
     wd = w1
     sweep = 0
@@ -325,35 +379,50 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, LP: tl.constexpr, JB: tl.const
         for g in range(LP // JB):
             if g >= 2 * half:
                 half *= 2
-            idx = _set_indices(sets[:, None], a[None, :], g, half, JB)  # [NS, S2]
-            sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=".cg")
-            u = eye
-            d = _entries(sub, tl.broadcast_to(a[None, :, None], [NS, S2, 1]))
             across = 1 - 1 // (g + 1)  # 0 for group 0 (pairs within blocks, from m = 1), else 1
-            for ml in range(1 + (JB - 1) * across, JB + JB * across):
-                sub, u, d = _jacobi_round(sub, u, d, ml, NS, S2)
-            tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
-            tl.debug_barrier()
-            for st in range(NS):  # R^T = (U^T H)^T into t, W' = U^T W
-                rows, u_t = _set_rotation(uset, st, g, half, JB)
-                h_rows = tl.load(h + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
-                tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))
-                w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
-                tl.store(wd + rows[:, None] * LP + o[None, :], tl.dot(u_t, w_rows, input_precision=SPREC))
-            tl.debug_barrier()
-            for st in range(NS):  # H' = U^T R^T
-                rows, u_t = _set_rotation(uset, st, g, half, JB)
-                t_rows = tl.load(t + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
-                tl.store(h + rows[:, None] * LP + o[None, :], tl.dot(u_t, t_rows, input_precision=SPREC))
-            tl.debug_barrier()
+            for vi in range(JSEQ):  # phase 1
+                if REVERSE:
+                    vp = p * JSEQ + JSEQ - 1 - vi
+                else:
+                    vp = p * JSEQ + vi
+                sets = vp * SPP + own
+                idx = _set_indices(sets[:, None], a[None, :], g, half, JB)  # [SPP, S2]
+                sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=".cg")
+                u = eye
+                d = _entries(sub, tl.broadcast_to(a[None, :, None], [SPP, S2, 1]))
+                for ml in range(1 + (JB - 1) * across, JB + JB * across):
+                    sub, u, d = _jacobi_round(sub, u, d, ml, SPP, S2)
+                tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
+                tl.debug_barrier()
+                for sj in range(SPP):  # R^T = (U^T H)^T into t, W' = U^T W
+                    rows, u_t = _set_rotation(uset, vp * SPP + sj, g, half, JB)
+                    h_rows = tl.load(h + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+                    tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))
+                    w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+                    tl.store(wd + rows[:, None] * LP + o[None, :], tl.dot(u_t, w_rows, input_precision=SPREC))
+            k += 1
+            programs_barrier(bar, k, NPROG, CNT, MAX_WAITS)
+            for vi in range(JSEQ):  # phase 2
+                if REVERSE:
+                    vp = p * JSEQ + JSEQ - 1 - vi
+                else:
+                    vp = p * JSEQ + vi
+                for sj in range(SPP):  # H' = U^T R^T
+                    rows, u_t = _set_rotation(uset, vp * SPP + sj, g, half, JB)
+                    t_rows = tl.load(t + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+                    tl.store(h + rows[:, None] * LP + o[None, :], tl.dot(u_t, t_rows, input_precision=SPREC))
+            k += 1
+            programs_barrier(bar, k, NPROG, CNT, MAX_WAITS)
             ws, wd = wd, ws
         off, full = _off_diagonal(h, LP, JB)
         sweep += 1
-    for r0 in range(0, LP, JB):  # V = W^T, each eigenvector normalised (see the docstring)
-        rows = r0 + o_b
-        w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
-        norms = tl.sqrt(tl.sum(w_rows * w_rows, 1))
-        tl.store(vout + o[None, :] * LP + rows[:, None], w_rows / tl.where(norms > 0.0, norms, 1.0)[:, None])
+    for vi in range(JSEQ):  # V = W^T, each eigenvector normalised (see the docstring)
+        vp = p * JSEQ + vi
+        for r0 in range(vp * VROWS, vp * VROWS + VROWS, JB):
+            rows = r0 + o_b
+            w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
+            norms = tl.sqrt(tl.sum(w_rows * w_rows, 1))
+            tl.store(vout + o[None, :] * LP + rows[:, None], w_rows / tl.where(norms > 0.0, norms, 1.0)[:, None])
     tl.debug_barrier()
     return sweep
 
@@ -374,7 +443,6 @@ def apply_task(ws, row0, row1, mmat, part, gram, done, LP: tl.constexpr, AB: tl.
 def _symmetric_sum(part, nparts, hmat, LP: tl.constexpr, CB: tl.constexpr):
     """hmat [LP, LP] = the sum of the ``nparts`` partial Grams (lower blocks), both triangles."""
     NB: tl.constexpr = LP // CB
-    o = tl.arange(0, CB)
     for i in range(NB):
         for j in range(i + 1):
             acc = _summed_block(part, nparts, i, j, LP, CB)
@@ -385,11 +453,15 @@ def _symmetric_sum(part, nparts, hmat, LP: tl.constexpr, CB: tl.constexpr):
 
 
 @triton.jit(noinline=True)
-def eigen_task(part, nparts, hmat, vmat, done, LP: tl.constexpr, CB: tl.constexpr, JB: tl.constexpr,
-               MAX_SWEEPS: tl.constexpr, SPREC: tl.constexpr):
-    """H = the sum of the ``nparts`` partial Grams Z^T Z into hmat, then its eigenvectors into vmat by
-    Jacobi (the first four partial slots are its work buffers). A task: counts ``done``."""
+def eigen_task(part, nparts, hmat, vmat, done, p, bar, CNT, LP: tl.constexpr, CB: tl.constexpr, JB: tl.constexpr,
+               JP: tl.constexpr, MAX_SWEEPS: tl.constexpr, MAX_WAITS: tl.constexpr, SPREC: tl.constexpr):
+    """Program p (of JP) of an image's eigen stage: program 0 sums the ``nparts`` partial
+    Grams Z^T Z into hmat (the others wait at the Jacobi's first barrier), then all run their part of
+    the Jacobi into vmat (the first four partial slots are its work buffers; ``bar`` its barrier
+    counter). A task: counts ``done``."""
     LL: tl.constexpr = LP * LP
-    _symmetric_sum(part, nparts, hmat, LP, CB)
-    jacobi_eigenvectors(hmat, part, part + LL, part + 2 * LL, part + 3 * LL, vmat, LP, JB, MAX_SWEEPS, SPREC)
+    if p == 0:
+        _symmetric_sum(part, nparts, hmat, LP, CB)
+    jacobi_eigenvectors(hmat, part, part + LL, part + 2 * LL, part + 3 * LL, vmat, p, bar, CNT, LP, JB, JP, 1,
+                        MAX_SWEEPS, MAX_WAITS, SPREC, False)
     count_done(done)
