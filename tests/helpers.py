@@ -6,6 +6,9 @@ or dtype is one line in a parametrize list.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
+from pathlib import Path
 
 import torch
 
@@ -389,3 +392,16 @@ def assert_ragged_equals_alone(result, images, scores, kwargs, backend, exact=Tr
             assert_close_verbose(result.total_energy[i], one.total_energy, atol=0, rtol=1e-6,
                                  what=f"{where}: energy")
         assert bool((result.singular_values[i, l:] == 0).all()), f"{where}: sigma past l_i = {l} must be 0"
+
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+
+def import_tool(name: str):
+    """The module tools/<name>.py (the tools are scripts, not a package: imported with tools/ on the
+    path for the import only)."""
+    sys.path.insert(0, str(TOOLS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(TOOLS))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +19,8 @@ pytest.importorskip("triton")
 import torch  # noqa: E402
 
 from eadaprune_kernels.backends import triton_kernel as triton_backend  # noqa: E402
+from helpers import TOOLS, import_tool  # noqa: E402
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
 TOOL = TOOLS / "aot_compile_triton.py"
 COST_MODEL = TOOLS / "cost_model.py"
 # Dynamic shared memory one block may opt into on sm_90 (H100 and H200): 227 KB.
@@ -38,12 +37,7 @@ def _rows(*args, timeout=1800):
 
 
 def _tool_module():
-    sys.path.insert(0, str(TOOLS))
-    try:
-        import aot_compile_triton
-    finally:
-        sys.path.remove(str(TOOLS))
-    return aot_compile_triton
+    return import_tool("aot_compile_triton")
 
 
 def test_every_production_variant_compiles_for_sm90_without_spills_and_fills_the_gpu():
@@ -153,11 +147,7 @@ def test_schedule_simulations_respect_work_and_critical_path_bounds():
     run every task once: each makespan is at least the work per program and at least one image's chain
     of stages; with one image and enough programs both are exactly that chain; the ready queue never
     loses to the stage-major tickets here."""
-    sys.path.insert(0, str(TOOLS))
-    try:
-        import cost_model
-    finally:
-        sys.path.remove(str(TOOLS))
+    cost_model = import_tool("cost_model")
     K = triton_backend
     handoff = cost_model.H200["handoff_cycles"] / cost_model.H200["clock_hz"]
 
