@@ -96,9 +96,14 @@ def compare(x: torch.Tensor, l: int, q: int, energy: float) -> list[dict]:
                          seed=0, sketch_matrix=None)
     sig_ref, e_ref, flat, _ = spectrum(x.double()[None], cfg, want_vectors=False)
     exact = torch.linalg.svdvals(x.double() - x.double().mean(0))[:l]
-    budget = lambda s: int(budget_from_spectrum(s[None], e_ref, flat, energy, 1, n)[1][0])  # noqa: E731
+
+    def budget(sig):
+        return int(budget_from_spectrum(sig[None], e_ref, flat, energy, 1, n)[1][0])
+
+    def cum(sig):  # cumulative energy as a fraction of E
+        return torch.cumsum(sig.square(), 0) / e_ref[0]
+
     ref = sig_ref[0]
-    cum = lambda s: torch.cumsum(s.square(), 0) / e_ref[0]  # noqa: E731
     rows = [dict(method="reference (float64)", budget=budget(ref), err_s1=0.0, err_big=0.0, err_e=0.0,
                  above=int((ref > exact * (1 + 1e-6)).sum()))]
     big = ref >= 1e-2 * ref[0]

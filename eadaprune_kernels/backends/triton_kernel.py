@@ -217,6 +217,11 @@ def launch_grid(*, batch: int, n: int, d: int, settings: dict, ragged: bool, pow
     program waits only for tasks that programs already running have claimed."""
     plan = launch_plan(batch=batch, n=n, d=d, settings=settings, ragged=ragged, power_iters=power_iters,
                        leverage=leverage, select=select)
+    return _grid(plan)
+
+
+def _grid(plan: dict) -> tuple[int]:
+    """One program per task of ``plan`` (at least one)."""
     return (max(1, plan["total"]),)
 
 
@@ -289,20 +294,20 @@ def _stage_info(s, q, MID: tl.constexpr, FIN: tl.constexpr, LEVERAGE: tl.constex
 
 @triton.jit
 def _task_axis(kind, side):
-    """Whether a stage of kind ``kind`` has a task per group of rows, or per group of features (else
-    one per image): _ROW_KINDS / _FEATURE_KINDS and the side of an apply stage."""
+    """Whether a stage of kind ``kind`` has a task per group of rows, per group of features, or per
+    Jacobi program (JP per image; else one per image): _ROW_KINDS / _FEATURE_KINDS, the side of an
+    apply stage, K_EIG."""
     # (K_* values as in the Python module: a jitted function reads no non-constexpr globals)
     rows = (kind == 1) | (kind == 3) | (kind == 7) | (kind >= 12) | ((kind == 5) & (side == 0))
     feats = (kind == 6) | (kind == 8) | (kind == 10) | ((kind == 5) & (side == 1))
-    return rows, feats
+    return rows, feats, kind == 9
 
 
 @triton.jit
 def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, JP, RAGGED: tl.constexpr):
-    """Tickets of a stage of kind ``kind`` over the whole batch (see ``launch_plan``; kind 9, the
-    Jacobi: JP per image)."""
-    rows, feats = _task_axis(kind, side)
-    n = tl.where(rows, NG_TOTAL, tl.where(feats, B * DG, tl.where(kind == 9, B * JP, B)))
+    """Tickets of a stage of kind ``kind`` over the whole batch (see ``launch_plan``)."""
+    rows, feats, eig = _task_axis(kind, side)
+    n = tl.where(rows, NG_TOTAL, tl.where(feats, B * DG, tl.where(eig, B * JP, B)))
     if RAGGED:
         n = tl.where(kind == 0, OM_TILES + 1, n)
     else:
@@ -313,8 +318,8 @@ def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, JP, RAGGED: tl.constex
 @triton.jit
 def _image_tasks(kind, side, ng_img, DG, JP):
     """Tasks of image b in a stage of kind ``kind`` (it has ng_img row groups)."""
-    rows, feats = _task_axis(kind, side)
-    return tl.where(rows, ng_img, tl.where(feats, DG, tl.where(kind == 9, JP, 1)))
+    rows, feats, eig = _task_axis(kind, side)
+    return tl.where(rows, ng_img, tl.where(feats, DG, tl.where(eig, JP, 1)))
 
 
 @triton.jit
@@ -360,7 +365,7 @@ def _image_task(
     the image b and its group g (the Jacobi: its program g of JP), wait for the image's previous
     stage, run the task (which counts itself done)."""
     LL = LP * LP
-    rows_kind, feats_kind = _task_axis(kind, side)
+    rows_kind, feats_kind, eig_kind = _task_axis(kind, side)
     if RAGGED:  # the plan maps groups to images
         wait_for(CNT + 1, OM_TILES + 1, CNT, MAX_WAITS)
     if rows_kind:
@@ -373,7 +378,7 @@ def _image_task(
     elif feats_kind:
         b = i // DG
         g = i % DG
-    elif kind == 9:
+    elif eig_kind:
         b = i // JP
         g = i % JP
     else:
@@ -627,7 +632,7 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     plan_ws = scratch(2 * (batch + 1) + plan["NG_TOTAL"], dtype=i32)
     # [ticket, call-wide stage done, interpreter waits, CNT[b, s]..., the Jacobi barrier of image b...]
     counters = torch.zeros(_C_IMAGES + batch * len(plan["stages"]) + batch, device=dev, dtype=i32)
-    grid = (max(1, plan["total"]),)  # launch_grid: one program per task
+    grid = _grid(plan)
     sigma = scratch(batch, l)
     energy = scratch(batch)
     budgets = scratch(batch, dtype=i32)

@@ -296,6 +296,15 @@ def _set_rotation(uset, st, g, half, JB: tl.constexpr):
 
 
 @triton.jit
+def _virtual_program(p, vi, JSEQ: tl.constexpr, REVERSE: tl.constexpr):
+    """The vi-th of the JSEQ virtual programs real program p runs (in reverse order with REVERSE)."""
+    if REVERSE:
+        return p * JSEQ + JSEQ - 1 - vi
+    else:
+        return p * JSEQ + vi
+
+
+@triton.jit
 def _off_diagonal(h, LP: tl.constexpr, PB: tl.constexpr):
     """(sum of squared off-diagonal entries, sum of all squared entries) of h [LP, LP]."""
     o = tl.arange(0, LP)
@@ -335,8 +344,9 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
     a group is two phases, (1) the rounds of its own sets, U^T H of their rows into R^T and their rows
     of W', (2) the rows of its own sets of H' = U^T R^T; phase 1 reads only H and W rows of its own
     sets, phase 2 R^T rows that every set wrote. This routine runs JSEQ of the virtual programs one
-    after the other (virtual programs p JSEQ .. p JSEQ + JSEQ - 1; in reverse order when REVERSE, which
-    must not change a bit: a test checks that no phase reads what another set writes in it), and the
+    after the other (virtual programs p JSEQ .. p JSEQ + JSEQ - 1; in reverse order in every loop when
+    REVERSE, which must not change a bit: a test checks that no phase reads what another set writes in
+    it), and the
     JP / JSEQ real programs that share the image meet at ``programs_barrier`` (counter ``bar``) after
     every phase. The kernel runs JSEQ = 1: JP programs, one per virtual program (the launcher sets
     JP = 1 under the interpreter, which runs one program at a time); the kernel's own tests run
@@ -362,7 +372,7 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
     own = tl.arange(0, SPP)
     k = 0  # barriers passed
     for vi in range(JSEQ):
-        vp = p * JSEQ + vi
+        vp = _virtual_program(p, vi, JSEQ, REVERSE)
         for r0 in range(vp * VROWS, vp * VROWS + VROWS, JB):
             rows = r0 + o_b
             tl.store(w0 + rows[:, None] * LP + o[None, :], tl.where(rows[:, None] == o[None, :], 1.0, 0.0))
@@ -381,10 +391,7 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
                 half *= 2
             across = 1 - 1 // (g + 1)  # 0 for group 0 (pairs within blocks, from m = 1), else 1
             for vi in range(JSEQ):  # phase 1
-                if REVERSE:
-                    vp = p * JSEQ + JSEQ - 1 - vi
-                else:
-                    vp = p * JSEQ + vi
+                vp = _virtual_program(p, vi, JSEQ, REVERSE)
                 sets = vp * SPP + own
                 idx = _set_indices(sets[:, None], a[None, :], g, half, JB)  # [SPP, S2]
                 sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=".cg")
@@ -403,10 +410,7 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
             k += 1
             programs_barrier(bar, k, NPROG, CNT, MAX_WAITS)
             for vi in range(JSEQ):  # phase 2
-                if REVERSE:
-                    vp = p * JSEQ + JSEQ - 1 - vi
-                else:
-                    vp = p * JSEQ + vi
+                vp = _virtual_program(p, vi, JSEQ, REVERSE)
                 for sj in range(SPP):  # H' = U^T R^T
                     rows, u_t = _set_rotation(uset, vp * SPP + sj, g, half, JB)
                     t_rows = tl.load(t + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
@@ -417,7 +421,7 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
         off, full = _off_diagonal(h, LP, JB)
         sweep += 1
     for vi in range(JSEQ):  # V = W^T, each eigenvector normalised (see the docstring)
-        vp = p * JSEQ + vi
+        vp = _virtual_program(p, vi, JSEQ, REVERSE)
         for r0 in range(vp * VROWS, vp * VROWS + VROWS, JB):
             rows = r0 + o_b
             w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
