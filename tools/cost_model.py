@@ -347,7 +347,7 @@ LOOP_MARKERS = {
     "Gram: block": ("gram_partial", "for r0 in range(row0, row1, BR):"),
     # Cholesky inverse (cholesky_inverse, _chol_small)
     "Cholesky: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
-    "Cholesky: step": ("_chol_small", "A = A - low[:, None] * low[None, :]"),
+    "Cholesky: step": ("_chol_small", "A = A - low_r[:, None] * low_c[None, :]"),
     "Cholesky: block column": ("cholesky_inverse", "l_ik = tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(m_kk)"),
     # apply L^-T (apply_inverse_transpose in apply_task)
     "apply: block product": ("apply_inverse_transpose",

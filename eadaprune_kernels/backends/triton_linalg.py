@@ -15,7 +15,7 @@ Numerics (why these choices):
   cond(Q) <~ s^-1/2 = 1e3 (enough for an intermediate basis, whose span is all that matters); the
   final basis takes three passes (working precision).
 * Blocked right-looking Cholesky: CB x CB diagonal blocks factor in registers by CB rank-1 steps that
-  read the pivot column with a masked reduction (no gather of the whole block); panels and trailing
+  read the pivot column and row with masked reductions (no gather of the whole block); panels and trailing
   updates are fp32 block products (not 3xTF32: see cholesky_inverse); M = L^-1 is then formed by block
   substitution.
 * Jacobi: two-sided, the parallel XOR ordering (round m pairs index i with i XOR m: a perfect matching;
@@ -128,23 +128,32 @@ def gram_partial(ws, row0, row1, part, LP: tl.constexpr, CB: tl.constexpr, BR: t
 
 @triton.jit
 def _chol_small(A, shift, CB: tl.constexpr):
-    """M = L^-1 with L L^T = A + shift I (pivots floored at shift), A [CB, CB] in registers.
+    """M = L^-1 with L L^T = A + shift I (pivots floored at shift), A [CB, CB] in registers (its lower
+    triangle is read).
 
-    Right-looking: step j reads column j of the trailing matrix with a masked reduction, divides it by
-    the pivot and subtracts its outer product; M is built alongside as L_j^-1 ... L_0^-1 I.
+    Right-looking: step j takes column j of the trailing matrix, divides it by the pivot and subtracts
+    its outer product; M is built alongside as L_j^-1 ... L_0^-1 I. A is made symmetric from its lower
+    triangle first and stays bitwise symmetric (each step subtracts low_r low_c, with low_r and low_c
+    the same numbers), so row j equals column j: the step reduces over columns for column j (inside a
+    warp: the warps split the rows) and over rows, in one reduction of A and M joined, for row j of A
+    and of M (the one exchange between warps per step: cost model 207 cycles a step, 2 barriers, where
+    taking the pivot from the column and moving it between the two layouts took 403, 6 barriers).
     """
     o = tl.arange(0, CB)
     o_r = o[:, None]
     o_c = o[None, :]
+    A = tl.where(o_r >= o_c, A, tl.trans(A))
     M = tl.where(o_r == o_c, 1.0, 0.0)
     for j in range(CB):
-        col = tl.sum(tl.where(o_c == j, A, 0.0), 1)  # [CB] = A[:, j]
-        piv = tl.sum(tl.where(o == j, col, 0.0), 0)
+        col = tl.sum(tl.where(o_c == j, A, 0.0), 1)  # [CB] = A[:, j], over the rows
+        a_row, m_row = tl.split(tl.sum(tl.where((o_r == j)[:, :, None], tl.join(A, M), 0.0), 0))
+        piv = tl.sum(tl.where(o == j, a_row, 0.0), 0)
         d = tl.sqrt(tl.maximum(piv + shift, shift))
-        low = tl.where(o > j, col / d, 0.0)  # the Cholesky column below the pivot
-        A = A - low[:, None] * low[None, :]
-        row = tl.sum(tl.where(o_r == j, M, 0.0), 0) / d  # [CB] = new M[j, :]
-        M = tl.where(o_r == j, row[None, :], M - low[:, None] * row[None, :])
+        low_r = tl.where(o > j, col / d, 0.0)  # the Cholesky column below the pivot, over the rows
+        low_c = tl.where(o > j, a_row / d, 0.0)  # the same numbers over the columns
+        A = A - low_r[:, None] * low_c[None, :]
+        row = m_row / d  # [CB] = new M[j, :]
+        M = tl.where(o_r == j, row[None, :], M - low_r[:, None] * row[None, :])
     return M
 
 
@@ -157,7 +166,8 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
 
     Blocked right-looking on FB x FB blocks (FB divides the partial Grams' block CB, so their lower CB
     blocks hold every lower FB block; a diagonal block's FB dependent rank-1 steps are cheaper on
-    smaller blocks: the cost model's step is 566 cycles at FB = 16, 690 at 32): factor the diagonal
+    smaller blocks: the cost model's step was 566 cycles at FB = 16, 690 at 32, before _chol_small's
+    single exchange between warps per step): factor the diagonal
     block in registers (_chol_small gives its inverse M_kk directly), panel L_ik = A_ik M_kk^T,
     trailing update A_ij -= L_ik L_jk^T; then M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. Partials are
     summed in a fixed order (deterministic).
