@@ -349,6 +349,8 @@ LOOP_MARKERS = {
     "Cholesky: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
     "Cholesky: step": ("_chol_small", "A = A - low_r[:, None] * low_c[None, :]"),
     "Cholesky: block column": ("cholesky_inverse", "l_ik = tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(m_kk)"),
+    "Cholesky: trailing block": ("cholesky_inverse", "a_ij = _load_block(amat, i, j, LP, FB) - tl.dot(l_ik, tl.trans(l_jk)"),
+    "Cholesky: inverse block": ("cholesky_inverse", "acc = tl.dot(_load_block(amat, i, k, LP, FB), _load_block(mmat, k, j, LP, FB), acc,"),
     # apply L^-T (apply_inverse_transpose in apply_task)
     "apply: block product": ("apply_inverse_transpose",
                              "acc = tl.dot(y, tl.trans(_load_block(mmat, jb, kb, LP, CB)), acc, input_precision=SPREC)"),
@@ -563,10 +565,12 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         panels = nb * (nb - 1) // 2
         trailing = sum((nb - k - 1) * (nb - k) // 2 for k in range(nb))
         m_blocks = sum(i - j + 1 for i in range(1, nb) for j in range(i))
+        m_terms = sum(i - j for i in range(1, nb) for j in range(i))  # block products inside M's sums
         blocks = nparts * pairs + pairs + nb + 2 * panels + 4 * trailing + sum(
             1 + sum(2 * (i - j) + 1 for j in range(i)) for i in range(1, nb)) + panels
-        w = Work([("Cholesky: partial sums", pairs),
-                  ("Cholesky: step", nb * cb), ("Cholesky: block column", nb)],
+        w = Work([("Cholesky: partial sums", pairs * nparts),
+                  ("Cholesky: step", nb * cb), ("Cholesky: block column", panels),
+                  ("Cholesky: trailing block", trailing), ("Cholesky: inverse block", m_terms)],
                  l2_bytes=blocks * cb * cb * 4,  # block products in fp32 on the CUDA cores, like the steps
                  cuda_flops=2.0 * cb ** 3 * (panels + trailing + m_blocks) + 4.0 * cb ** 3 * nb)
     elif kind == K.K_APPLY:
