@@ -346,11 +346,12 @@ LOOP_MARKERS = {
     "Gram: row chunk": ("gram_partial", "acc = tl.dot(tl.trans(y_i), y_j, acc, input_precision=SPREC)"),
     "Gram: block": ("gram_partial", "for r0 in range(row0, row1, BR):"),
     # Cholesky inverse (cholesky_inverse, _chol_small)
-    "Cholesky: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
+    "Cholesky: partial sums": ("cholesky_inverse", "acc = (((acc + g0) + g1) + g2) + g3"),
     "Cholesky: step": ("_chol_small", "A = A - low_r[:, None] * low_c[None, :]"),
-    "Cholesky: block column": ("cholesky_inverse", "l_ik = tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(m_kk)"),
-    "Cholesky: trailing block": ("cholesky_inverse", "a_ij = _load_block(amat, i, j, LP, FB) - tl.dot(l_ik, tl.trans(l_jk)"),
-    "Cholesky: inverse block": ("cholesky_inverse", "acc = tl.dot(_load_block(amat, i, k, LP, FB), _load_block(mmat, k, j, LP, FB), acc,"),
+    "Cholesky: block column": ("cholesky_inverse", "tl.store(col, l_col, mask=below)"),
+    "Cholesky: trailing row": ("cholesky_inverse", "a_row = a_row - tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(l_col)"),
+    "Cholesky: inverse term": ("cholesky_inverse", "acc = tl.dot(_load_block(amat, i, k, LP, FB), m_row, acc"),
+    "Cholesky: inverse row": ("cholesky_inverse", "m_row = -tl.dot(_load_block(mmat, i, i, LP, FB), acc"),
     # apply L^-T (apply_inverse_transpose in apply_task)
     "apply: block product": ("apply_inverse_transpose",
                              "acc = tl.dot(y, tl.trans(_load_block(mmat, jb, kb, LP, CB)), acc, input_precision=SPREC)"),
@@ -568,9 +569,10 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         m_terms = sum(i - j for i in range(1, nb) for j in range(i))  # block products inside M's sums
         blocks = nparts * pairs + pairs + nb + 2 * panels + 4 * trailing + sum(
             1 + sum(2 * (i - j) + 1 for j in range(i)) for i in range(1, nb)) + panels
-        w = Work([("Cholesky: partial sums", pairs * nparts),
-                  ("Cholesky: step", nb * cb), ("Cholesky: block column", panels),
-                  ("Cholesky: trailing block", trailing), ("Cholesky: inverse block", m_terms)],
+        w = Work([("Cholesky: partial sums", nb * _cdiv(nparts, 4)),
+                  ("Cholesky: step", nb * cb), ("Cholesky: block column", nb),
+                  ("Cholesky: trailing row", panels), ("Cholesky: inverse term", panels),
+                  ("Cholesky: inverse row", nb)],
                  l2_bytes=blocks * cb * cb * 4,  # block products in fp32 on the CUDA cores, like the steps
                  cuda_flops=2.0 * cb ** 3 * (panels + trailing + m_blocks) + 4.0 * cb ** 3 * nb)
     elif kind == K.K_APPLY:

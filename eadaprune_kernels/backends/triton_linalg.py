@@ -167,10 +167,13 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
     Blocked right-looking on FB x FB blocks (FB divides the partial Grams' block CB, so their lower CB
     blocks hold every lower FB block; a diagonal block's FB dependent rank-1 steps are cheaper on
     smaller blocks: the cost model's step was 566 cycles at FB = 16, 690 at 32, before _chol_small's
-    single exchange between warps per step): factor the diagonal
-    block in registers (_chol_small gives its inverse M_kk directly), panel L_ik = A_ik M_kk^T,
-    trailing update A_ij -= L_ik L_jk^T; then M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. Partials are
-    summed in a fixed order (deterministic).
+    single exchange between warps per step): factor the diagonal block in registers (_chol_small gives
+    its inverse M_kk directly), then the column panel below it at once, L_ik = A_ik M_kk^T for all
+    i > k, and the trailing update one block row at a time, A_ij -= L_ik L_jk^T for k < j <= i; then M
+    by block rows, M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. Panels and block rows instead of single
+    blocks: the same products in the same order (each block's sum over k starts from exact zeros),
+    with 28 trailing and 28 inverse iterations at LP = 128 instead of 120 and 84 (cost model: 64 ->
+    51 us a factorisation). Partials are summed in a fixed order (deterministic).
 
     The block products are plain fp32 (CHOL_PREC = ``ieee``, CUDA cores), like the rank-1 steps: 3xTF32
     truncates its small parts on sm_90, a bias of ~5e-7 of the entries, too close to the shift (1e-6 of
@@ -180,42 +183,51 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
     """
     NB: tl.constexpr = LP // FB
     o = tl.arange(0, FB)
+    o_l = tl.arange(0, LP)
     dmax = tl.zeros([FB], dtype=tl.float32)
-    for i in range(NB):
-        for j in range(i + 1):
-            acc = _summed_block(part, nparts, i, j, LP, FB)
-            _store_block(amat, i, j, acc, LP, FB)
-            if i == j:
-                dmax = tl.maximum(dmax, tl.sum(tl.where(o[:, None] == o[None, :], acc, 0.0), 1))
+    for i in range(NB):  # block row i of G (its lower blocks), the partials summed
+        rows = i * FB + o
+        lower = (o_l < i * FB + FB)[None, :]
+        acc = tl.zeros([FB, LP], dtype=tl.float32)
+        for p0 in range(0, nparts, 4):  # four partials' loads in flight, added in order (absent ones: 0)
+            blocks = part + rows[:, None] * LP + o_l[None, :]
+            g0 = tl.load(blocks + p0 * LP * LP, mask=lower, other=0.0, cache_modifier=".cg")
+            g1 = tl.load(blocks + (p0 + 1) * LP * LP, mask=lower & (p0 + 1 < nparts), other=0.0, cache_modifier=".cg")
+            g2 = tl.load(blocks + (p0 + 2) * LP * LP, mask=lower & (p0 + 2 < nparts), other=0.0, cache_modifier=".cg")
+            g3 = tl.load(blocks + (p0 + 3) * LP * LP, mask=lower & (p0 + 3 < nparts), other=0.0, cache_modifier=".cg")
+            acc = (((acc + g0) + g1) + g2) + g3
+        tl.store(amat + rows[:, None] * LP + o_l[None, :], acc, mask=lower)
+        dmax = tl.maximum(dmax, tl.sum(tl.where(rows[:, None] == o_l[None, :], acc, 0.0), 1))
     shift = tl.maximum(tl.max(dmax, 0) * CHOL_SHIFT, PIVOT_FLOOR)
     tl.debug_barrier()
     for k in range(NB):
         m_kk = _chol_small(_load_block(amat, k, k, LP, FB), shift, FB)
         _store_block(mmat, k, k, m_kk, LP, FB)
-        for i in range(k + 1, NB):
-            l_ik = tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(m_kk), input_precision=CHOL_PREC)
-            tl.debug_barrier()
-            _store_block(amat, i, k, l_ik, LP, FB)  # L_ik replaces A_ik
+        below = (o_l >= k * FB + FB)[:, None]  # the blocks below the diagonal block, as one column panel
+        col = amat + o_l[:, None] * LP + k * FB + o[None, :]
+        l_col = tl.dot(tl.load(col, mask=below, other=0.0, cache_modifier=".cg"), tl.trans(m_kk),
+                       input_precision=CHOL_PREC)  # [LP, FB]: L_ik = A_ik M_kk^T (0 for i <= k)
         tl.debug_barrier()
-        for i in range(k + 1, NB):
-            l_ik = _load_block(amat, i, k, LP, FB)
-            for j in range(k + 1, i + 1):
-                l_jk = _load_block(amat, j, k, LP, FB)
-                a_ij = _load_block(amat, i, j, LP, FB) - tl.dot(l_ik, tl.trans(l_jk), input_precision=CHOL_PREC)
-                _store_block(amat, i, j, a_ij, LP, FB)
+        tl.store(col, l_col, mask=below)  # L_ik replaces A_ik
         tl.debug_barrier()
-    for i in range(1, NB):
-        m_ii = _load_block(mmat, i, i, LP, FB)
-        for j in range(i):
-            acc = tl.zeros([FB, FB], dtype=tl.float32)
-            for k in range(j, i):
-                acc = tl.dot(_load_block(amat, i, k, LP, FB), _load_block(mmat, k, j, LP, FB), acc,
-                             input_precision=CHOL_PREC)
-            _store_block(mmat, i, j, -tl.dot(m_ii, acc, input_precision=CHOL_PREC), LP, FB)
+        for i in range(k + 1, NB):  # block row i of the trailing update: A_ij -= L_ik L_jk^T, k < j <= i
+            rows = i * FB + o
+            trailing = ((o_l >= k * FB + FB) & (o_l < i * FB + FB))[None, :]
+            a_row = tl.load(amat + rows[:, None] * LP + o_l[None, :], mask=trailing, other=0.0, cache_modifier=".cg")
+            a_row = a_row - tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(l_col), input_precision=CHOL_PREC)
+            tl.store(amat + rows[:, None] * LP + o_l[None, :], a_row, mask=trailing)
         tl.debug_barrier()
-    for i in range(NB):
-        for j in range(i + 1, NB):
-            _store_block(mmat, i, j, tl.zeros([FB, FB], dtype=tl.float32), LP, FB)
+    for i in range(NB):  # block row i of M: M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj (j < i), 0 right of M_ii
+        rows = i * FB + o
+        acc = tl.zeros([FB, LP], dtype=tl.float32)
+        for k in range(i):  # M_kj = 0 for j > k: the sum runs from k = j, as a sum from 0 of exact zeros first
+            m_row = tl.load(mmat + (k * FB + o)[:, None] * LP + o_l[None, :], mask=(o_l < k * FB + FB)[None, :],
+                            other=0.0, cache_modifier=".cg")
+            acc = tl.dot(_load_block(amat, i, k, LP, FB), m_row, acc, input_precision=CHOL_PREC)
+        m_row = -tl.dot(_load_block(mmat, i, i, LP, FB), acc, input_precision=CHOL_PREC)
+        tl.store(mmat + rows[:, None] * LP + o_l[None, :], tl.where(o_l[None, :] < i * FB, m_row, 0.0),
+                 mask=((o_l < i * FB) | (o_l >= i * FB + FB))[None, :])
+        tl.debug_barrier()
     count_done(done)
 
 
