@@ -228,7 +228,11 @@ def parse_sections(text: str) -> list[Section]:
         for instr in sec.instrs:  # resolve branch targets
             m = re.search(r"\((\.L_x_\d+)\)", instr.text)
             instr.target = labels.get(m.group(1)) if (m and instr.opcode.startswith("BRA")) else None
-        spans = sorted({(i.target, i.addr) for i in sec.instrs if i.target is not None and i.target <= i.addr})
+        # backward branches after the function's last return are not loops of the task: ptxas lays the
+        # reductions' divergent-warp paths out there (never run by converged warps)
+        end = max((i.addr for i in sec.instrs if i.opcode.startswith(("RET", "EXIT"))), default=sec.instrs[-1].addr)
+        spans = sorted({(i.target, i.addr) for i in sec.instrs
+                        if i.target is not None and i.target <= i.addr and i.addr <= end})
         for a, b in spans:
             kids = [o for o in spans if o != (a, b) and a <= o[0] and o[1] <= b]
             own = [i for i in sec.instrs if a <= i.addr <= b and not any(k[0] <= i.addr <= k[1] for k in kids)]
@@ -371,7 +375,7 @@ LOOP_MARKERS = {
                           "tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))"),
     "Jacobi: apply back set": ("jacobi_eigenvectors",
                                "tl.store(h + rows[:, None] * LP + o[None, :], tl.dot(u_t, t_rows, input_precision=SPREC))"),
-    "Jacobi: sweep": ("_off_diagonal", "off += tl.sum(tl.where(rows[:, None] == o[None, :], 0.0, sq), 1)"),
+    "Jacobi: off-diagonal rows": ("_off_diagonal", "off += tl.sum(tl.where(rows[:, None] == o[None, :], 0.0, sq), 1)"),
     # sigma partials (sigma_partial)
     "sigma: Z V chunk": ("sigma_partial", "b_zv = tl.dot(b_z, b_v, b_zv, input_precision=SPREC)"),
     "sigma: feature tile": ("sigma_partial", "acc += tl.sum(b_zv * b_zv, 0).to(tl.float64)"),
@@ -607,7 +611,8 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         sets = groups * spp  # instructions are the group loop's own)
         set_loops = [("Jacobi: apply set", sets), ("Jacobi: apply back set", sets)] if spp > 1 else []
         w = Work([("H: partial sums", pairs * shape["DG"] if span == 0 else 0), ("Jacobi: group", groups),
-                  ("Jacobi: round", rounds), *set_loops, ("Jacobi: sweep", sweeps)],
+                  ("Jacobi: round", rounds), *set_loops,
+                  ("Jacobi: off-diagonal rows", (sweeps + 1) * (lp // s["JB"]))],  # before and after each sweep
                  # W = I written, V = W^T read and written; per group: the subproblems gathered, U
                  # stored and read twice, H and W read and written (R^T, W'), R^T read, H written; per
                  # sweep the off-diagonal mass (H read once, by each program): this program's share
