@@ -349,18 +349,18 @@ LOOP_MARKERS = {
     # Gram partial (gram_partial, inlined into fix_sketch, x_times_w, xt_times_q, apply_task)
     "Gram: row chunk": ("gram_partial", "acc = tl.dot(tl.trans(y_i), y_j, acc, input_precision=SPREC)"),
     "Gram: block": ("gram_partial", "for r0 in range(row0, row1, BR):"),
-    # Cholesky inverse (cholesky_inverse, _chol_small)
-    "Cholesky: partial sums": ("cholesky_inverse", "acc = (((acc + g0) + g1) + g2) + g3"),
+    # Cholesky (cholesky_factor, _chol_small)
+    "Cholesky: partial sums": ("cholesky_factor", "acc = (((acc + g0) + g1) + g2) + g3"),
     "Cholesky: step": ("_chol_small", "A = A - low_r[:, None] * low_c[None, :]"),
-    "Cholesky: block column": ("cholesky_inverse", "tl.store(col, l_col, mask=below)"),
-    "Cholesky: trailing row": ("cholesky_inverse", "a_row = a_row - tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(l_col)"),
-    "Cholesky: inverse term": ("cholesky_inverse", "acc = tl.dot(_load_block(amat, i, k, LP, FB), m_row, acc"),
-    "Cholesky: inverse row": ("cholesky_inverse", "m_row = -tl.dot(_load_block(mmat, i, i, LP, FB), acc"),
-    # apply L^-T (apply_inverse_transpose in apply_task)
-    "apply: block product": ("apply_inverse_transpose",
-                             "acc = tl.dot(y, tl.trans(_load_block(mmat, jb, kb, LP, CB)), acc, input_precision=SPREC)"),
-    "apply: column block": ("apply_inverse_transpose",
-                            "tl.store(ws + rows[:, None] * LP + jb * CB + o_c[None, :], acc, mask=m)"),
+    "Cholesky: block column": ("cholesky_factor", "tl.store(col, l_col, mask=below)"),
+    "Cholesky: trailing row": ("cholesky_factor", "a_row = a_row - tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(l_col)"),
+    "Cholesky: diagonal inverse": ("cholesky_factor",
+                                   "acc = tl.dot(_load_block(amat, i, k, LP, FB), _load_block(mmat, k, j, LP, FB), acc,"),
+    # solve with L^T (solve_transpose in apply_task)
+    "apply: block product": ("solve_transpose",
+                             "acc = tl.dot(x, tl.trans(-_load_block(lmat, jb, kb, LP, AB)), acc, input_precision=SPREC)"),
+    "apply: column block": ("solve_transpose",
+                            "x = tl.dot(acc, tl.trans(_load_block(mmat, jb, jb, LP, AB)), input_precision=SPREC)"),
     # products with X
     "X W: chunk": ("x_times_w", "b_w = tl.load(w_img + cols[:, None] * LP + o_l[None, :],"),
     "X W: row tile": ("x_times_w", "tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=(rows < row1)[:, None])"),
@@ -479,7 +479,7 @@ def section_rest(section: Section, named: list[dict]) -> dict:
 # The SASS function (and the constexprs that pick its specialisation) of every stage kind.
 SECTIONS = {
     K.K_GLOBAL: ("sketch_tile", {}), K.K_STATS: ("stats_and_sketch", {}), K.K_REDUCE: ("reduce_image", {}),
-    K.K_FIXY: ("fix_sketch", {}), K.K_CHOL: ("cholesky_inverse", {}), K.K_APPLY: ("apply_task", {}),
+    K.K_FIXY: ("fix_sketch", {}), K.K_CHOL: ("cholesky_factor", {}), K.K_APPLY: ("apply_task", {}),
     K.K_XTQ: ("xt_times_q", {"PARTS": 2}), K.K_XW: ("x_times_w", {}), K.K_Z: ("xt_times_q", {"PARTS": 3}),
     K.K_EIG: ("eigen_task", {}), K.K_SIGMA: ("sigma_partial", {}), K.K_BUDGET: ("budget_task", {}),
     K.K_LEV: ("leverage_rows", {}), K.K_SELECT: ("select_rows", {}), K.K_GATHER: ("gather_rows", {}),
@@ -566,27 +566,27 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         nparts = shape["NG"] if side == 0 else shape["DG"]
         cb = s["FB"]
         nb = lp // cb
+        r = s["AB"] // cb  # FB blocks per side of the AB diagonal blocks whose inverses are formed
         pairs = nb * (nb + 1) // 2
         panels = nb * (nb - 1) // 2
         trailing = sum((nb - k - 1) * (nb - k) // 2 for k in range(nb))
-        m_blocks = sum(i - j + 1 for i in range(1, nb) for j in range(i))
-        m_terms = sum(i - j for i in range(1, nb) for j in range(i))  # block products inside M's sums
-        blocks = nparts * pairs + pairs + nb + 2 * panels + 4 * trailing + sum(
-            1 + sum(2 * (i - j) + 1 for j in range(i)) for i in range(1, nb)) + panels
+        m_terms = sum(i - j for i in range(nb) for j in range(i - i % r, i))  # M_ij inside the diagonal blocks
+        blocks = (nparts + 1) * pairs  # the partials read, G written
+        blocks += sum(2 + 2 * (nb - k - 1) + sum(2 * (i - k) + 1 for i in range(k + 1, nb)) for k in range(nb))
+        blocks += 3 * m_terms + nb * (r - 1)  # M's blocks inside the diagonal blocks, the zeros above them
         w = Work([("Cholesky: partial sums", nb * _cdiv(nparts, 4)),
                   ("Cholesky: step", nb * cb), ("Cholesky: block column", nb),
-                  ("Cholesky: trailing row", panels), ("Cholesky: inverse term", panels),
-                  ("Cholesky: inverse row", nb)],
+                  ("Cholesky: trailing row", panels), ("Cholesky: diagonal inverse", m_terms)],
                  l2_bytes=blocks * cb * cb * 4,  # block products in fp32 on the CUDA cores, like the steps
-                 cuda_flops=2.0 * cb ** 3 * (panels + trailing + m_blocks) + 4.0 * cb ** 3 * nb)
+                 cuda_flops=2.0 * cb ** 3 * (panels + trailing + 2 * m_terms) + 4.0 * cb ** 3 * nb)
     elif kind == K.K_APPLY:
         tile = br if side == 0 else bd
         tiles = _cdiv(span, tile)
-        ab = s["AB"]  # apply_inverse_transpose works on [AB, AB] blocks of L^-T
+        ab = s["AB"]  # solve_transpose works on [AB, AB] blocks of L and of the diagonal blocks' inverses
         anb = lp // ab
         apairs = anb * (anb + 1) // 2
-        w = Work([("apply: block product", tiles * apairs), ("apply: column block", tiles * anb)],
-                 l2_bytes=tiles * apairs * (tile * ab + ab * ab) * 4 + span * lp * 4,
+        w = Work([("apply: block product", tiles * (apairs - anb)), ("apply: column block", tiles * anb)],
+                 l2_bytes=tiles * apairs * (tile * ab + ab * ab) * 4 + tiles * anb * tile * ab * 4 + span * lp * 4,
                  tf32_flops=3 * 2.0 * span * ab * ab * apairs)
         if gram:
             w.add(gram_part(span))

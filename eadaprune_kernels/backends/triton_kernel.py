@@ -71,7 +71,7 @@ import torch
 from ..contract import ENERGY_SLACK, FLAT_RTOL, PipelineConfig
 from ..results import BudgetResult, PruneResult
 from .triton_interpreter import install_bf16_fix, install_device_call_fast_path
-from .triton_linalg import apply_task, cholesky_inverse, eigen_task, jacobi_eigenvectors, wait_for
+from .triton_linalg import apply_task, cholesky_factor, eigen_task, jacobi_eigenvectors, wait_for
 from .triton_tasks import (budget_task, fix_sketch, gather_rows, leverage_rows, ragged_plan, reduce_image,
                            select_rows, sigma_partial, sketch_tile, stats_and_sketch, x_times_w, xt_times_q)
 
@@ -94,7 +94,7 @@ K_GLOBAL, K_STATS, K_REDUCE, K_FIXY, K_CHOL, K_APPLY, K_XTQ, K_XW, K_Z, K_EIG, K
     K_SELECT, K_GATHER = range(15)
 STAGE_KINDS = {
     K_GLOBAL: "sketch tiles (and the ragged plan)", K_STATS: "statistics + Y~ = X Omega", K_REDUCE: "reduce",
-    K_FIXY: "fix Y + Gram", K_CHOL: "Cholesky inverse", K_APPLY: "apply L^-T", K_XTQ: "W = X_c^T Q + Gram",
+    K_FIXY: "fix Y + Gram", K_CHOL: "Cholesky", K_APPLY: "solve with L^T", K_XTQ: "W = X_c^T Q + Gram",
     K_XW: "Q = X_c W + Gram", K_Z: "Z = X_c^T Q + H", K_EIG: "Jacobi", K_SIGMA: "sigma partials",
     K_BUDGET: "budget", K_LEV: "leverage", K_SELECT: "selection", K_GATHER: "gather",
 }
@@ -438,12 +438,12 @@ def _image_task(
             fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile_g, n_img, D, l_img, OMS, mu_img, img_f64, cw_img, part_g,
                        done, CENTER, IS_F64, SPLIT16, PRESCALE16, LP, BR, CB, BK, SPREC)
         elif kind == 4:
-            cholesky_inverse(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, FB)
+            cholesky_factor(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, FB, AB)
         elif kind == 5:
             if side == 0:
-                apply_task(q_img, row0, row1, m_mat, part_g, gram, done, LP, AB, CB, BR, BK, SPREC)
+                apply_task(q_img, row0, row1, a_mat, m_mat, part_g, gram, done, LP, AB, CB, BR, BK, SPREC)
             else:
-                apply_task(w_img, col0, col1, m_mat, part_g, gram, done, LP, AB, CB, BD, BK, SPREC)
+                apply_task(w_img, col0, col1, a_mat, m_mat, part_g, gram, done, LP, AB, CB, BD, BK, SPREC)
         elif kind == 6:
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part_g, done, CENTER,
                        IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, BD, BK, CB, SPREC)

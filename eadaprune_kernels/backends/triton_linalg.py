@@ -16,8 +16,9 @@ Numerics (why these choices):
   final basis takes three passes (working precision).
 * Blocked right-looking Cholesky: CB x CB diagonal blocks factor in registers by CB rank-1 steps that
   read the pivot column and row with masked reductions (no gather of the whole block); panels and trailing
-  updates are fp32 block products (not 3xTF32: see cholesky_inverse); M = L^-1 is then formed by block
-  substitution.
+  updates are fp32 block products (not 3xTF32: see cholesky_factor); Q = Y L^-T is then a block forward
+  substitution with L (each row tile on its own), the inverses of L's diagonal blocks formed by the
+  factorisation.
 * Jacobi: two-sided, the parallel XOR ordering (round m pairs index i with i XOR m: a perfect matching;
   over a sweep every pair meets once), both indices of a pair use the angle computed from the lower
   one's row (J stays orthogonal). A round rotates whole rows only (contiguous loads): R = J^T H is
@@ -40,7 +41,7 @@ CHOL_SHIFT = tl.constexpr(1e-6)
 # Smallest pivot: keeps an all-zero Gram (zero image, padded columns) finite: its Q columns stay 0.
 PIVOT_FLOOR = tl.constexpr(1e-30)
 FP32_UNIT_ROUNDOFF = tl.constexpr(2.0**-24)
-# The Cholesky's block products: plain fp32 on the CUDA cores (why not 3xTF32: cholesky_inverse).
+# The Cholesky's block products: plain fp32 on the CUDA cores (why not 3xTF32: cholesky_factor).
 CHOL_PREC = tl.constexpr("ieee")
 
 
@@ -158,22 +159,23 @@ def _chol_small(A, shift, CB: tl.constexpr):
 
 
 @triton.jit(noinline=True)
-def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.constexpr):
-    """mmat = L^-1 (lower, [LP, LP]) with L L^T = G + s I, G = the sum of the ``nparts`` partial Grams
-    (lower blocks, [LP, LP] each, consecutive from ``part``), s = CHOL_SHIFT * max diag G (at least
-    PIVOT_FLOOR). ``amat`` is the work matrix (it ends holding L's off-diagonal blocks). A task: counts
-    ``done`` when finished.
+def cholesky_factor(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.constexpr, AB: tl.constexpr):
+    """L L^T = G + s I, G = the sum of the ``nparts`` partial Grams (lower blocks, [LP, LP] each,
+    consecutive from ``part``), s = CHOL_SHIFT * max diag G (at least PIVOT_FLOOR): ``amat`` (the work
+    matrix) ends holding L's FB x FB blocks below the diagonal, ``mmat`` the inverses M_JJ = L_JJ^-1 of
+    L's AB x AB diagonal blocks (zero above the diagonal inside them), what solve_transpose needs. A
+    task: counts ``done`` when finished.
 
     Blocked right-looking on FB x FB blocks (FB divides the partial Grams' block CB, so their lower CB
     blocks hold every lower FB block; a diagonal block's FB dependent rank-1 steps are cheaper on
     smaller blocks: the cost model's step was 566 cycles at FB = 16, 690 at 32, before _chol_small's
     single exchange between warps per step): factor the diagonal block in registers (_chol_small gives
     its inverse M_kk directly), then the column panel below it at once, L_ik = A_ik M_kk^T for all
-    i > k, and the trailing update one block row at a time, A_ij -= L_ik L_jk^T for k < j <= i; then M
-    by block rows, M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. Panels and block rows instead of single
-    blocks: the same products in the same order (each block's sum over k starts from exact zeros),
-    with 28 trailing and 28 inverse iterations at LP = 128 instead of 120 and 84 (cost model: 64 ->
-    51 us a factorisation). Partials are summed in a fixed order (deterministic).
+    i > k, and the trailing update one block row at a time, A_ij -= L_ik L_jk^T for k < j <= i; then,
+    inside each AB diagonal block, M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj. The whole of L^-1 is not
+    formed: the apply stages solve with L by block substitution (the same products as multiplying by
+    L^-T; forming L^-1 was 28 dependent block-row iterations here, ~13 us a factorisation in the cost
+    model). Partials are summed in a fixed order (deterministic).
 
     The block products are plain fp32 (CHOL_PREC = ``ieee``, CUDA cores), like the rank-1 steps: 3xTF32
     truncates its small parts on sm_90, a bias of ~5e-7 of the entries, too close to the shift (1e-6 of
@@ -217,41 +219,44 @@ def cholesky_inverse(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.co
             a_row = a_row - tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(l_col), input_precision=CHOL_PREC)
             tl.store(amat + rows[:, None] * LP + o_l[None, :], a_row, mask=trailing)
         tl.debug_barrier()
-    for i in range(NB):  # block row i of M: M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj (j < i), 0 right of M_ii
-        rows = i * FB + o
-        acc = tl.zeros([FB, LP], dtype=tl.float32)
-        for k in range(i):  # M_kj = 0 for j > k: the sum runs from k = j, as a sum from 0 of exact zeros first
-            m_row = tl.load(mmat + (k * FB + o)[:, None] * LP + o_l[None, :], mask=(o_l < k * FB + FB)[None, :],
-                            other=0.0, cache_modifier=".cg")
-            acc = tl.dot(_load_block(amat, i, k, LP, FB), m_row, acc, input_precision=CHOL_PREC)
-        m_row = -tl.dot(_load_block(mmat, i, i, LP, FB), acc, input_precision=CHOL_PREC)
-        tl.store(mmat + rows[:, None] * LP + o_l[None, :], tl.where(o_l[None, :] < i * FB, m_row, 0.0),
-                 mask=((o_l < i * FB) | (o_l >= i * FB + FB))[None, :])
+    R: tl.constexpr = AB // FB  # FB blocks per side of an AB x AB diagonal block
+    for i in range(NB):  # M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj inside the AB diagonal blocks, 0 above them
+        for j in range(i - i % R, i):
+            acc = tl.zeros([FB, FB], dtype=tl.float32)
+            for k in range(j, i):
+                acc = tl.dot(_load_block(amat, i, k, LP, FB), _load_block(mmat, k, j, LP, FB), acc,
+                             input_precision=CHOL_PREC)
+            _store_block(mmat, i, j, -tl.dot(_load_block(mmat, i, i, LP, FB), acc, input_precision=CHOL_PREC),
+                         LP, FB)
+        for j in range(i + 1, i - i % R + R):
+            _store_block(mmat, i, j, tl.zeros([FB, FB], dtype=tl.float32), LP, FB)
         tl.debug_barrier()
     count_done(done)
 
 
 @triton.jit
-def apply_inverse_transpose(ws, row0, row1, mmat, LP: tl.constexpr, CB: tl.constexpr, BR: tl.constexpr,
-                            SPREC: tl.constexpr):
-    """ws[rows] <- ws[rows] M^T for rows [row0, row1) (M lower triangular: column block jb of the
-    result needs column blocks kb <= jb of ws, so jb runs downwards and the update is in place)."""
-    NB: tl.constexpr = LP // CB
+def solve_transpose(ws, row0, row1, lmat, mmat, LP: tl.constexpr, AB: tl.constexpr, BR: tl.constexpr,
+                    SPREC: tl.constexpr):
+    """ws[rows] <- ws[rows] L^-T for rows [row0, row1), by block forward substitution on [AB, AB]
+    blocks: X_J = (Y_J - sum_{K<J} X_K L_JK^T) M_JJ^T with L's blocks below the diagonal in ``lmat``
+    and M_JJ = L_JJ^-1 in ``mmat`` (cholesky_factor). J runs upwards and X_J replaces Y_J in place:
+    the sum reads only blocks K < J, already final."""
+    NB: tl.constexpr = LP // AB
     o_r = tl.arange(0, BR)
-    o_c = tl.arange(0, CB)
+    o_c = tl.arange(0, AB)
     for r0 in range(row0, row1, BR):
         rows = r0 + o_r
         m = (rows < row1)[:, None]
-        for jj in range(NB):
-            jb = NB - 1 - jj
-            acc = tl.zeros([BR, CB], dtype=tl.float32)
-            for kb in range(jb + 1):
-                y = tl.load(ws + rows[:, None] * LP + kb * CB + o_c[None, :], mask=m, other=0.0,
+        for jb in range(NB):
+            acc = tl.load(ws + rows[:, None] * LP + jb * AB + o_c[None, :], mask=m, other=0.0, cache_modifier=".cg")
+            for kb in range(jb):
+                x = tl.load(ws + rows[:, None] * LP + kb * AB + o_c[None, :], mask=m, other=0.0,
                             cache_modifier=".cg")
-                acc = tl.dot(y, tl.trans(_load_block(mmat, jb, kb, LP, CB)), acc, input_precision=SPREC)
-            tl.debug_barrier()
-            tl.store(ws + rows[:, None] * LP + jb * CB + o_c[None, :], acc, mask=m)
-        tl.debug_barrier()
+                acc = tl.dot(x, tl.trans(-_load_block(lmat, jb, kb, LP, AB)), acc, input_precision=SPREC)
+            x = tl.dot(acc, tl.trans(_load_block(mmat, jb, jb, LP, AB)), input_precision=SPREC)
+            tl.debug_barrier()  # every thread has read Y_J
+            tl.store(ws + rows[:, None] * LP + jb * AB + o_c[None, :], x, mask=m)
+            tl.debug_barrier()  # X_J is read by the next blocks' sums
 
 
 @triton.jit
@@ -454,12 +459,12 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
 
 
 @triton.jit(noinline=True)
-def apply_task(ws, row0, row1, mmat, part, gram, done, LP: tl.constexpr, AB: tl.constexpr, CB: tl.constexpr,
+def apply_task(ws, row0, row1, lmat, mmat, part, gram, done, LP: tl.constexpr, AB: tl.constexpr, CB: tl.constexpr,
                BR: tl.constexpr, BK: tl.constexpr, SPREC: tl.constexpr):
-    """One CholeskyQR pass on rows [row0, row1): ws <- ws L^-T on [AB, AB] blocks of L^-T, then
+    """One CholeskyQR pass on rows [row0, row1): ws <- ws L^-T (solve_transpose, on [AB, AB] blocks), then
     (``gram`` != 0) the Gram partial of the new rows for the next pass on [CB, CB] blocks. A task:
     counts ``done``."""
-    apply_inverse_transpose(ws, row0, row1, mmat, LP, AB, BR, SPREC)
+    solve_transpose(ws, row0, row1, lmat, mmat, LP, AB, BR, SPREC)
     if gram != 0:
         gram_partial(ws, row0, row1, part, LP, CB, BK, SPREC)
     count_done(done)
