@@ -415,3 +415,27 @@ def test_torch_compile_fullgraph_traces_a_ragged_call():
     bad = torch.tensor([0, 10, 10, 22])
     with pytest.raises(ValueError, match=r"cu_seqlens: image 1 is empty"):
         compiled(x, bad, None)
+
+
+@needs_triton
+@pytest.mark.parametrize("ragged", [False, True], ids=["dense", "packed"])
+def test_triton_statistics_grouping_changes_no_bit(ragged, monkeypatch):
+    """The statistics stage takes ceil(tiles / STATS_TASKS) row tiles per task (its outputs are per
+    tile): 1, 2 or 3 tiles per task must give the same bits, dense and packed."""
+    sizes = [150, 1, 70, 200] if ragged else [150, 150]
+    images = ragged_images(sizes, 12, seed=12)
+    tokens = images if ragged else torch.stack(images)
+    kwargs = dict(energy=0.9, sketch_size=8, power_iters=1, seed=3, max_tokens=20)
+    settings = tb.kernel_settings(torch.float32, 8)
+    n = sum(sizes) if ragged else sizes[0]
+    results, groups = [], []
+    for tasks in (tb.STATS_TASKS, 3, 1):
+        monkeypatch.setattr(tb, "STATS_TASKS", tasks)
+        plan = tb.launch_plan(batch=len(sizes), n=n, d=12, settings=settings, ragged=ragged, power_iters=1,
+                              leverage=True, select=True)
+        groups.append(plan["SR"] // settings["BR"])
+        results.append(adaptive_prune(tokens, backend="triton", **kwargs))
+    assert len(set(groups)) == 3, f"expected three different tiles per task, got {groups}"
+    for r in results[1:]:
+        for name in ("tokens", "indices", "lengths", "mask", "singular_values", "total_energy", "saturated"):
+            assert torch.equal(getattr(r, name), getattr(results[0], name)), name

@@ -770,6 +770,8 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
             spans = list(range(s["JP"]))
         elif count == batch:  # one task per image
             spans = [None]
+        elif kind == K.K_STATS:  # groups of its own: SR rows
+            spans = [min(plan["SR"], n - g * plan["SR"]) for g in range(plan["NS"])]
         elif side == 0:
             spans = [min(plan["GR"], n - g * plan["GR"]) for g in range(plan["NG"])]
         else:

@@ -8,14 +8,16 @@ the launcher reads no tensor data (no host synchronisation, CUDA-graph capturabl
 
 **Design: a persistent grid of programs that claim tasks in one global order.** Each image is a
 sequence of stages (:func:`stage_list`); a stage is a set of tasks (a group of row tiles, a group of
-feature tiles, the whole image, or one of the JP programs of the image's Jacobi, which cooperate). The
+feature tiles, the whole image, or one of the JP programs of the image's Jacobi, which cooperate; the
+statistics stage groups its row tiles by the batch's size, :data:`STATS_TASKS`, the stages with Gram
+partials by PSLOTS only, so that no sum's order depends on the batch). The
 tasks of all stages of all images are numbered in one global order, stage-major: every task of stage s
 (of every image) comes before every task of stage s + 1; before them all, the call-wide stage: the
-tiles of Omega (shared by every image) and, for packed input, the plan (which group belongs to which
-image). A program claims the next number with an atomic add on a counter, waits until every task of
-the previous stage of its image is done (``CNT[b, s - 1]`` reaches that stage's task count), runs the
-task, then adds one to ``CNT[b, s]`` (release; the waiting side acquires, and scratch is read through
-L2).
+tiles of Omega (shared by every image) and, for packed input, the plan (which group and which
+statistics group belongs to which image). A program claims the next number with an atomic add on a
+counter, waits until every task of the previous stage of its image is done (``CNT[b, s - 1]``
+reaches that stage's task count), runs the task, then adds one to ``CNT[b, s]`` (release; the
+waiting side acquires, and scratch is read through L2).
 
 *Why it cannot deadlock.* A task waits only on tasks of an earlier stage, which have smaller numbers.
 Numbers are handed out in increasing order, so every task a claimed task waits on has been claimed
@@ -98,9 +100,14 @@ STAGE_KINDS = {
     K_XW: "Q = X_c W + Gram", K_Z: "Z = X_c^T Q + H", K_EIG: "Jacobi", K_SIGMA: "sigma partials",
     K_BUDGET: "budget", K_LEV: "leverage", K_SELECT: "selection", K_GATHER: "gather",
 }
-_ROW_KINDS = (K_STATS, K_FIXY, K_XW, K_LEV, K_SELECT, K_GATHER)
+_ROW_KINDS = (K_FIXY, K_XW, K_LEV, K_SELECT, K_GATHER)  # and K_STATS, whose groups are its own (STATS_TASKS)
 _FEATURE_KINDS = (K_XTQ, K_Z, K_SIGMA)
 _IMAGE_KINDS = (K_REDUCE, K_CHOL, K_EIG, K_BUDGET)
+# The statistics stage's tasks per call, at most: its outputs are per row tile, so how many tiles a task
+# takes changes no bit, and each takes ceil(tiles / STATS_TASKS) of them (one at B = 1, N = 576: 18
+# programs instead of the 6 of the other row stages' groups, whose Gram partials fix their grouping);
+# 264 = the programs an H100 / H200 holds at once (132 SMs x 2).
+STATS_TASKS = 264
 # Layout of the int32 counters: [ticket, call-wide stage done, interpreter waits, CNT[b, s]...].
 _C_TICKET, _C_GLOBAL, _C_WAITS, _C_IMAGES = 0, 1, 2, 3
 
@@ -182,15 +189,19 @@ def stage_list(power_iters: int, mid_passes: int, fin_passes: int, leverage: boo
 def launch_plan(*, batch: int, n: int, d: int, settings: dict, ragged: bool, power_iters: int, leverage: bool,
                 select: bool) -> dict:
     """Task counts of a launch, from the shapes alone (``n`` is N, or T for packed input): groups of
-    row tiles (GR rows) and of feature tiles (GD features) per image, the tasks of every stage (upper
-    bounds for packed input, whose groups per image the kernel reads from cu_seqlens), their total.
-    The Jacobi stage has JP tasks per image."""
+    row tiles (GR rows) and of feature tiles (GD features) per image, the statistics stage's groups of
+    row tiles (SR rows, NS per image; at most about STATS_TASKS in the call), the tasks of every stage
+    (upper bounds for packed input, whose groups per image the kernel reads from cu_seqlens), their
+    total. The Jacobi stage has JP tasks per image."""
     br, bd, slots = settings["BR"], settings["BD"], settings["PSLOTS"]
     gr = br * _cdiv(_cdiv(max(n, 1), br), slots)
     gd = bd * _cdiv(_cdiv(max(d, 1), bd), slots)
     ng = _cdiv(n, gr)  # groups per image (dense) / of the largest possible image (packed)
     dg = _cdiv(d, gd)
     row_tasks = ng + batch if ragged else batch * ng
+    sr = br * _cdiv(_cdiv(max(n, 1), br) * (1 if ragged else batch), STATS_TASKS)
+    ns = _cdiv(n, sr)
+    stats_tasks = ns + batch if ragged else batch * ns
     tiles = (_cdiv(n, br) + batch) if ragged else batch * _cdiv(n, br)
     om_tiles = _cdiv(d, bd)
     stages = stage_list(power_iters, settings["MID_PASSES"], settings["FIN_PASSES"], leverage, select)
@@ -198,6 +209,8 @@ def launch_plan(*, batch: int, n: int, d: int, settings: dict, ragged: bool, pow
     for kind, side, _gram in stages:
         if kind == K_GLOBAL:
             counts.append(om_tiles + int(ragged))
+        elif kind == K_STATS:
+            counts.append(stats_tasks)
         elif kind in _ROW_KINDS or (kind == K_APPLY and side == 0):
             counts.append(row_tasks)
         elif kind in _FEATURE_KINDS or (kind == K_APPLY and side == 1):
@@ -206,8 +219,8 @@ def launch_plan(*, batch: int, n: int, d: int, settings: dict, ragged: bool, pow
             counts.append(batch * settings["JP"])
         else:
             counts.append(batch)
-    return dict(GR=gr, GD=gd, NG=ng, DG=dg, NG_TOTAL=row_tasks, TILES=tiles, OM_TILES=om_tiles, stages=stages,
-                counts=counts, total=sum(counts), widest=max(counts))
+    return dict(GR=gr, GD=gd, NG=ng, DG=dg, NG_TOTAL=row_tasks, SR=sr, NS=ns, NS_TOTAL=stats_tasks, TILES=tiles,
+                OM_TILES=om_tiles, stages=stages, counts=counts, total=sum(counts), widest=max(counts))
 
 
 def launch_grid(*, batch: int, n: int, d: int, settings: dict, ragged: bool, power_iters: int = 2,
@@ -226,10 +239,11 @@ def _grid(plan: dict) -> tuple[int]:
 
 
 def programs_per_image(*, n: int, d: int, settings: dict, ragged: bool) -> int:
-    """How many programs can work on one image at once: the tasks of its widest stage."""
+    """How many programs can work on one image at once (alone in its call): the tasks of its widest
+    stage."""
     plan = launch_plan(batch=1, n=n, d=d, settings=settings, ragged=ragged, power_iters=2, leverage=True,
                        select=True)
-    return max(plan["NG"], plan["DG"])
+    return max(plan["NS"], plan["NG"], plan["DG"], settings["JP"])
 
 
 def kernel_flags(*, dtype: torch.dtype, scores: bool, sketch: bool, budgets: bool, ragged: bool, center: bool,
@@ -294,20 +308,20 @@ def _stage_info(s, q, MID: tl.constexpr, FIN: tl.constexpr, LEVERAGE: tl.constex
 
 @triton.jit
 def _task_axis(kind, side):
-    """Whether a stage of kind ``kind`` has a task per group of rows, per group of features, or per
-    Jacobi program (JP per image; else one per image): _ROW_KINDS / _FEATURE_KINDS, the side of an
-    apply stage, K_EIG."""
+    """Whether a stage of kind ``kind`` has a task per statistics group (K_STATS), per group of rows,
+    per group of features, or per Jacobi program (JP per image; else one per image): _ROW_KINDS /
+    _FEATURE_KINDS, the side of an apply stage, K_EIG."""
     # (K_* values as in the Python module: a jitted function reads no non-constexpr globals)
-    rows = (kind == 1) | (kind == 3) | (kind == 7) | (kind >= 12) | ((kind == 5) & (side == 0))
+    rows = (kind == 3) | (kind == 7) | (kind >= 12) | ((kind == 5) & (side == 0))
     feats = (kind == 6) | (kind == 8) | (kind == 10) | ((kind == 5) & (side == 1))
-    return rows, feats, kind == 9
+    return kind == 1, rows, feats, kind == 9
 
 
 @triton.jit
-def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, JP, RAGGED: tl.constexpr):
+def _stage_tickets(kind, side, B, OM_TILES, NS_TOTAL, NG_TOTAL, DG, JP, RAGGED: tl.constexpr):
     """Tickets of a stage of kind ``kind`` over the whole batch (see ``launch_plan``)."""
-    rows, feats, eig = _task_axis(kind, side)
-    n = tl.where(rows, NG_TOTAL, tl.where(feats, B * DG, tl.where(eig, B * JP, B)))
+    stats, rows, feats, eig = _task_axis(kind, side)
+    n = tl.where(stats, NS_TOTAL, tl.where(rows, NG_TOTAL, tl.where(feats, B * DG, tl.where(eig, B * JP, B))))
     if RAGGED:
         n = tl.where(kind == 0, OM_TILES + 1, n)
     else:
@@ -316,10 +330,11 @@ def _stage_tickets(kind, side, B, OM_TILES, NG_TOTAL, DG, JP, RAGGED: tl.constex
 
 
 @triton.jit
-def _image_tasks(kind, side, ng_img, DG, JP):
-    """Tasks of image b in a stage of kind ``kind`` (it has ng_img row groups)."""
-    rows, feats, eig = _task_axis(kind, side)
-    return tl.where(rows, ng_img, tl.where(feats, DG, tl.where(eig, JP, 1)))
+def _image_tasks(kind, side, ns_img, ng_img, DG, JP):
+    """Tasks of image b in a stage of kind ``kind`` (it has ns_img statistics groups, ng_img row
+    groups)."""
+    stats, rows, feats, eig = _task_axis(kind, side)
+    return tl.where(stats, ns_img, tl.where(rows, ng_img, tl.where(feats, DG, tl.where(eig, JP, 1))))
 
 
 @triton.jit
@@ -352,7 +367,7 @@ def _image_task(
     BIN,  # [B] i32 budgets that replace the computed ones (total_budget), or None
     OTOK, sotb, sotm, sotd, OIDX, OMASK,  # [B, M, D], [B, M] i64, [B, M] u8 (bool)
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
-    GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
+    GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
     AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
@@ -365,10 +380,17 @@ def _image_task(
     the image b and its group g (the Jacobi: its program g of JP), wait for the image's previous
     stage, run the task (which counts itself done)."""
     LL = LP * LP
-    rows_kind, feats_kind, eig_kind = _task_axis(kind, side)
+    stats_kind, rows_kind, feats_kind, eig_kind = _task_axis(kind, side)
     if RAGGED:  # the plan maps groups to images
         wait_for(CNT + 1, OM_TILES + 1, CNT, MAX_WAITS)
-    if rows_kind:
+    if stats_kind:
+        if RAGGED:
+            b = tl.load(PLAN + 2 * (B + 1) + NG_TOTAL + (B + 1) + i, cache_modifier=".cg")  # its image (-1: none)
+            g = i - tl.load(PLAN + 2 * (B + 1) + NG_TOTAL + tl.maximum(b, 0), cache_modifier=".cg")
+        else:
+            b = i // NS
+            g = i % NS
+    elif rows_kind:
         if RAGGED:
             b = tl.load(PLAN + 2 * (B + 1) + i, cache_modifier=".cg")  # the group's image (-1: none)
             g = i - tl.load(PLAN + tl.maximum(b, 0), cache_modifier=".cg")  # its first group
@@ -388,9 +410,11 @@ def _image_task(
         start, n_img = _image_rows(b, CU, N, GR, RAGGED)
         if RAGGED:
             ng_img = (n_img + GR - 1) // GR
+            ns_img = (n_img + SR - 1) // SR
             tile0 = tl.load(PLAN + (B + 1) + b, cache_modifier=".cg")
         else:
             ng_img = NG
+            ns_img = NS
             tile0 = b * ((N + BR - 1) // BR)
         # wait for the image's previous stage (the first image stage waits for the call-wide one)
         if stage == 1:
@@ -399,7 +423,7 @@ def _image_task(
             else:
                 wait_for(CNT + 1, OM_TILES, CNT, MAX_WAITS)
         else:
-            wait_for(CNT + 3 + b * NSTAGES + stage - 1, _image_tasks(k_prev, s_prev, ng_img, DG, JP), CNT,
+            wait_for(CNT + 3 + b * NSTAGES + stage - 1, _image_tasks(k_prev, s_prev, ns_img, ng_img, DG, JP), CNT,
                       MAX_WAITS)
         l_img = tl.minimum(L, n_img)
         m_img = tl.minimum(M, n_img)
@@ -420,12 +444,13 @@ def _image_task(
         imgi = IMGI + b64 * 4
         mu_img = MU + b64 * D
         cw_img = CW + b64 * LP
-        row0 = g * GR
-        row1 = tl.minimum(row0 + GR, n_img)
+        rows_per_group = tl.where(stats_kind, SR, GR)
+        row0 = g * rows_per_group
+        row1 = tl.minimum(row0 + rows_per_group, n_img)
         col0 = g * GD
         col1 = tl.minimum(col0 + GD, D)
         part_g = part_img + g.to(tl.int64) * LL
-        tile_g = tile0 + g * (GR // BR)
+        tile_g = tile0 + g * (rows_per_group // BR)
         done = CNT + 3 + b * NSTAGES + stage  # counted by the task when it is finished
         # exactly one (not inlined) call per kind: nothing of this function stays live across it
         if kind == 1:
@@ -479,7 +504,8 @@ def _image_task(
     "RAGGED": lambda a: a["CU"] is not None,
 })
 @triton.jit(do_not_specialize=["N", "D", "L", "M", "B", "POWER_ITERS", "SEED", "MIN_TOKENS", "THRESH", "GR", "GD",
-                               "NG", "DG", "NG_TOTAL", "OM_TILES", "NSTAGES", "TOTAL"])
+                               "NG", "DG", "NG_TOTAL", "SR", "NS", "NS_TOTAL", "OM_TILES",
+                               "NSTAGES", "TOTAL"])
 def _eadaprune_kernel(
     X, sxb, sxn, sxd,  # tokens [B, N, D], or packed [T, D] (RAGGED: sxb unused, N = T)
     CU,  # cu_seqlens [B + 1] int32/int64 (RAGGED), or None
@@ -493,7 +519,7 @@ def _eadaprune_kernel(
     BIN,  # [B] i32 budgets that replace the computed ones (total_budget), or None
     OTOK, sotb, sotm, sotd, OIDX, OMASK,  # [B, M, D], [B, M] i64, [B, M] u8 (bool)
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
-    GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
+    GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
     AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
@@ -510,7 +536,7 @@ def _eadaprune_kernel(
     # (int64: the interpreter checks every int32 operation for overflow, slowly)
     o_s = tl.arange(0, SMAX).to(tl.int64)
     kinds, sides, grams = _stage_info(o_s, POWER_ITERS, MID_PASSES, FIN_PASSES, LEVERAGE)
-    counts = tl.where(o_s < NSTAGES, _stage_tickets(kinds, sides, B, OM_TILES, NG_TOTAL, DG, JP, RAGGED), 0)
+    counts = tl.where(o_s < NSTAGES, _stage_tickets(kinds, sides, B, OM_TILES, NS_TOTAL, NG_TOTAL, DG, JP, RAGGED), 0)
     stage = tl.sum((tl.cumsum(counts, 0) <= t).to(tl.int64), 0)
     i = (t - tl.sum(tl.where(o_s < stage, counts, 0), 0)).to(tl.int32)
     kind = tl.sum(tl.where(o_s == stage, kinds, 0), 0).to(tl.int32)
@@ -524,7 +550,7 @@ def _eadaprune_kernel(
             if i < OM_TILES:
                 sketch_tile(i, OM, som_d, som_l, OMS, D, L, SEED, CNT, HAS_SKETCH, LP, BD)
             elif RAGGED:
-                ragged_plan(CU, B, N, GR, BR, NG_TOTAL, PLAN, CNT, 128, 32)
+                ragged_plan(CU, B, N, GR, SR, BR, NG_TOTAL, NS_TOTAL, PLAN, CNT, 128, 32)
         else:
             _image_task(
                 stage, i, kind, side, gram, k_prev, s_prev,
@@ -533,7 +559,7 @@ def _eadaprune_kernel(
                 LEV, KEPT, KCNT, PLAN, CNT, SIG, ENERGY, BUDGET, SAT, BIN,
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
-                GR, GD, NG, DG, NG_TOTAL, OM_TILES, NSTAGES, TOTAL,
+                GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
                 LP, BR, BD, BK, BS, CB, AB, FB, JB, JP, RB, PSLOTS, MID_PASSES, FIN_PASSES,
                 CENTER, IS_F64, SC_F64, SELECT, SPLIT16, PRESCALE16, XPREC, SPREC, MAX_SWEEPS, MAX_WAITS,
                 HAS_SKETCH, HAS_SCORES, HAS_BUDGETS, RAGGED,
@@ -564,6 +590,12 @@ def _check_device(tokens: torch.Tensor) -> None:
     raise RuntimeError(f"backend 'triton': expected CUDA (or interpreted CPU) tensors, got {tokens.device}")
 
 
+def plan_entries(batch: int, plan: dict) -> int:
+    """int32 entries of the ragged plan (triton_tasks.ragged_plan): the first group, tile and
+    statistics task of every image and the image of every group and statistics task."""
+    return 3 * (batch + 1) + plan["NG_TOTAL"] + plan["NS_TOTAL"]
+
+
 def workspace_bytes(*, batch: int, n: int, d: int, settings: dict, plan: dict, ragged: bool) -> int:
     """Bytes of scratch one launch allocates besides its outputs (``n`` is N, or T for packed input):
     the buffers ``_launch`` makes, each at least one element."""
@@ -573,7 +605,7 @@ def workspace_bytes(*, batch: int, n: int, d: int, settings: dict, plan: dict, r
            + plan["TILES"] * d + batch * d + 2 * batch * lp + rows)
     f64 = plan["TILES"] * 4 + batch * 8 + batch * slots * lp
     # ranks, (k*, budget, r), kept flags, kept counts, the ragged plan, the counters
-    i32 = batch * lp + 4 * batch + rows + batch * slots + 2 * (batch + 1) + plan["NG_TOTAL"] + _C_IMAGES \
+    i32 = batch * lp + 4 * batch + rows + batch * slots + plan_entries(batch, plan) + _C_IMAGES \
         + batch * len(plan["stages"]) + batch
     return 4 * f32 + 8 * f64 + 4 * i32
 
@@ -629,7 +661,7 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     lev = scratch(max(rows, 1))
     kept = scratch(max(rows, 1), dtype=i32)
     kcnt = scratch(batch, slots, dtype=i32)
-    plan_ws = scratch(2 * (batch + 1) + plan["NG_TOTAL"], dtype=i32)
+    plan_ws = scratch(plan_entries(batch, plan), dtype=i32)
     # [ticket, call-wide stage done, interpreter waits, CNT[b, s]..., the Jacobi barrier of image b...]
     counters = torch.zeros(_C_IMAGES + batch * len(plan["stages"]) + batch, device=dev, dtype=i32)
     grid = _grid(plan)
@@ -676,7 +708,8 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
             budgets_in,
             out_tokens, *out_tokens.stride(), out_indices, out_mask.view(torch.uint8),
             n, d, l, m, batch, cfg.power_iters, cfg.seed, cfg.min_tokens, cfg.energy - ENERGY_SLACK, FLAT_RTOL,
-            plan["GR"], plan["GD"], plan["NG"], plan["DG"], plan["NG_TOTAL"], plan["OM_TILES"], len(plan["stages"]),
+            plan["GR"], plan["GD"], plan["NG"], plan["DG"], plan["NG_TOTAL"], plan["SR"], plan["NS"], plan["NS_TOTAL"],
+            plan["OM_TILES"], len(plan["stages"]),
             plan["total"],
             **_launch_flags(kernel_flags(dtype=tokens.dtype, scores=scores is not None,
                                          sketch=cfg.sketch_matrix is not None, budgets=budgets_in is not None,

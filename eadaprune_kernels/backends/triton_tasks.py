@@ -169,18 +169,37 @@ def sketch_tile(i, OM, som_d, som_l, OMS, D, L, SEED, CNT, HAS_SKETCH: tl.conste
     count_done(CNT + 1)
 
 
+@triton.jit
+def _group_images(BASE, IMAGE, total, count, B, SEARCH: tl.constexpr):
+    """IMAGE[k] for k < count: the image of group k (-1 from ``total`` on), from BASE [B + 1], the
+    first group of every image (non-decreasing)."""
+    o_k = tl.arange(0, SEARCH)
+    for k0 in range(0, count, SEARCH):
+        ok = k0 + o_k
+        image = tl.zeros([SEARCH], dtype=tl.int32)  # images whose groups all come before group ok
+        for b0 in range(0, B, SEARCH):
+            ob = b0 + o_k
+            nxt = tl.load(BASE + ob + 1, mask=ob < B, other=2147483647, cache_modifier=".cg")
+            image += tl.sum((nxt[None, :] <= ok[:, None]).to(tl.int32), 1)
+        tl.store(IMAGE + ok, tl.where(ok < total, image, -1), mask=ok < count)
+
+
 @triton.jit(noinline=True)
-def ragged_plan(CU, B, T, GR, BR, NG_TOTAL, PLAN, CNT, BLOCK: tl.constexpr, SEARCH: tl.constexpr):
+def ragged_plan(CU, B, T, GR, SR, BR, NG_TOTAL, NS_TOTAL, PLAN, CNT, BLOCK: tl.constexpr, SEARCH: tl.constexpr):
     """For packed input, into PLAN: the first group and tile of every image (prefix sums of
     ceil(N_i / GR) and ceil(N_i / BR), N_i from cu_seqlens clamped to [0, T]: GROUP_BASE [B + 1],
-    TILE_BASE [B + 1]) and, for every group index below NG_TOTAL, its image (GROUP_IMAGE, -1 past the
-    last group). Counts the call-wide stage's CNT[1]."""
+    TILE_BASE [B + 1]), for every group index below NG_TOTAL its image (GROUP_IMAGE, -1 past the last
+    group), and the same for the statistics stage's groups of SR rows (STATS_BASE [B + 1], STATS_IMAGE
+    [NS_TOTAL]). Counts the call-wide stage's CNT[1]."""
     GROUP_BASE = PLAN
     TILE_BASE = PLAN + (B + 1)
     GROUP_IMAGE = PLAN + 2 * (B + 1)
+    STATS_BASE = GROUP_IMAGE + NG_TOTAL
+    STATS_IMAGE = STATS_BASE + (B + 1)
     o = tl.arange(0, BLOCK)
     total_g = 0
     total_t = 0
+    total_s = 0
     for b0 in range(0, B, BLOCK):
         ob = b0 + o
         mb = ob < B
@@ -191,22 +210,19 @@ def ragged_plan(CU, B, T, GR, BR, NG_TOTAL, PLAN, CNT, BLOCK: tl.constexpr, SEAR
         n = tl.where(mb, end - start, 0).to(tl.int32)
         ng = (n + GR - 1) // GR
         nt = (n + BR - 1) // BR
+        ns = (n + SR - 1) // SR
         tl.store(GROUP_BASE + ob, total_g + tl.cumsum(ng, 0) - ng, mask=mb)
         tl.store(TILE_BASE + ob, total_t + tl.cumsum(nt, 0) - nt, mask=mb)
+        tl.store(STATS_BASE + ob, total_s + tl.cumsum(ns, 0) - ns, mask=mb)
         total_g += tl.sum(ng, 0)
         total_t += tl.sum(nt, 0)
+        total_s += tl.sum(ns, 0)
     tl.store(GROUP_BASE + B, total_g)
     tl.store(TILE_BASE + B, total_t)
+    tl.store(STATS_BASE + B, total_s)
     tl.debug_barrier()
-    o_k = tl.arange(0, SEARCH)
-    for k0 in range(0, NG_TOTAL, SEARCH):
-        ok = k0 + o_k
-        image = tl.zeros([SEARCH], dtype=tl.int32)  # images whose groups all come before group ok
-        for b0 in range(0, B, SEARCH):
-            ob = b0 + o_k
-            nxt = tl.load(GROUP_BASE + ob + 1, mask=ob < B, other=2147483647, cache_modifier=".cg")
-            image += tl.sum((nxt[None, :] <= ok[:, None]).to(tl.int32), 1)
-        tl.store(GROUP_IMAGE + ok, tl.where(ok < total_g, image, -1), mask=ok < NG_TOTAL)
+    _group_images(GROUP_BASE, GROUP_IMAGE, total_g, NG_TOTAL, B, SEARCH)
+    _group_images(STATS_BASE, STATS_IMAGE, total_s, NS_TOTAL, B, SEARCH)
     count_done(CNT + 1)
 
 
