@@ -37,7 +37,7 @@ fix Y -> orth(Y) -> q x [W = X_c^T Q, orth(W), Q = X_c W, orth(Q)] -> Z = X_c^T 
 Jacobi -> sigma_j = ||Z v_j|| (partials) -> budget -> leverage -> selection -> gather. orth is shifted
 CholeskyQR: one pass for intermediate bases (their span is what matters), three for the final Q
 (``MID_PASSES`` / ``FIN_PASSES`` of :func:`kernel_settings`); each pass is a Gram (fused into the task
-that wrote the rows), a Cholesky-inverse task and an apply task. The tokens are read 2q + 3 times
+that wrote the rows), a Cholesky task and a solve task. The tokens are read 2q + 3 times
 (each row tile twice by the statistics task: its max / NaN scan, then its sums with the sketch
 product; 2q power products; Z) plus the kept rows.
 
@@ -127,8 +127,8 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
 
     LP = the padded sketch width; BR / BD rows / features per tile (a [BR, LP] fp32 accumulator is
     32 KB); CB the l x l block (FB = 16 the Cholesky's, smaller: its diagonal blocks factor by FB
-    dependent steps, each cheaper on a smaller block; AB = 32 the blocks of L^-T that a CholeskyQR
-    pass applies, what 4 warps hold without spilling); JB the rows of a Jacobi block (subproblems of
+    dependent steps, each cheaper on a smaller block; AB = 32 the blocks of L that a CholeskyQR
+    pass solves with, what 4 warps hold without spilling); JB the rows of a Jacobi block (subproblems of
     2 JB); JP the programs that share an image's Jacobi (its LP / 2 JB sets split between them, at
     most 4: triton_linalg.jacobi_eigenvectors; 1 when ``interpreted``: the interpreter runs one program
     at a time, and a barrier between two of them would never open); RB rows of the budget panels;

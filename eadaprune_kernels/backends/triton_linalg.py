@@ -1,4 +1,4 @@
-"""The l x l work of the fused Triton kernel: Gram partials, the shifted Cholesky inverse, Jacobi and the
+"""The l x l work of the fused Triton kernel: Gram partials, the shifted Cholesky factorisation, Jacobi and the
 budget, all on [LP, LP] fp32 matrices in global scratch (L2), one tile at a time.
 
 No routine holds an [LP, LP] matrix in registers: LP = 256 is 256 KB, more than a block's registers or
