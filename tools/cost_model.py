@@ -350,7 +350,7 @@ LOOP_MARKERS = {
     "Gram: row chunk": ("gram_partial", "acc = tl.dot(tl.trans(y_i), y_j, acc, input_precision=SPREC)"),
     "Gram: block": ("gram_partial", "for r0 in range(row0, row1, BR):"),
     # Cholesky (cholesky_factor, _chol_small)
-    "Cholesky: partial sums": ("cholesky_factor", "acc = (((acc + g0) + g1) + g2) + g3"),
+    "Cholesky: partial sums": ("_summed_rows", "acc = (((acc + g0) + g1) + g2) + g3"),
     "Cholesky: step": ("_chol_small", "A = A - low_r[:, None] * low_c[None, :]"),
     "Cholesky: block column": ("cholesky_factor", "tl.store(col, l_col, mask=below)"),
     "Cholesky: trailing row": ("cholesky_factor", "a_row = a_row - tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(l_col)"),
@@ -368,7 +368,7 @@ LOOP_MARKERS = {
     "X^T Q: feature tile": ("xt_times_q",
                             "tl.store(w_img + cols[:, None] * LP + o_l[None, :], acc, mask=(cols < col1)[:, None])"),
     # Jacobi (eigen_task: _symmetric_sum, jacobi_eigenvectors)
-    "H: partial sums": ("_summed_block", "acc += _load_block(part + p * LP * LP, i, j, LP, CB)"),
+    "H: partial sums": ("_summed_rows", "acc = (((acc + g0) + g1) + g2) + g3"),
     "Jacobi: group": ("jacobi_eigenvectors", "sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=\".cg\")"),
     "Jacobi: round": ("_jacobi_round", "sub = c[:, None, :] * rows + s[:, None, :] * tl.gather(rows, partner_cols, 2)"),
     "Jacobi: apply set": ("jacobi_eigenvectors",
@@ -610,8 +610,8 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         spp = lp // s2 // jp  # this program's sets per group: with one, the set loops are not loops (their
         sets = groups * spp  # instructions are the group loop's own)
         set_loops = [("Jacobi: apply set", sets), ("Jacobi: apply back set", sets)] if spp > 1 else []
-        w = Work([("H: partial sums", pairs * shape["DG"] if span == 0 else 0), ("Jacobi: group", groups),
-                  ("Jacobi: round", rounds), *set_loops,
+        h_sums = (lp // s["JB"]) * _cdiv(shape["DG"], 4) if span == 0 else 0  # _symmetric_sum's row panels
+        w = Work([("H: partial sums", h_sums), ("Jacobi: group", groups), ("Jacobi: round", rounds), *set_loops,
                   ("Jacobi: off-diagonal rows", (sweeps + 1) * (lp // s["JB"]))],  # before and after each sweep
                  # W = I written, V = W^T read and written; per group: the subproblems gathered, U
                  # stored and read twice, H and W read and written (R^T, W'), R^T read, H written; per

@@ -338,6 +338,14 @@ def _image_tasks(kind, side, ns_img, ng_img, DG, JP):
 
 
 @triton.jit
+def _planned_group(base, image, i):
+    """(image, group within it) of group i of packed input, from the ragged plan's map ``image``
+    (-1: past the last group) and the images' first groups ``base``."""
+    b = tl.load(image + i, cache_modifier=".cg")
+    return b, i - tl.load(base + tl.maximum(b, 0), cache_modifier=".cg")
+
+
+@triton.jit
 def _image_rows(b, CU, N, GR, RAGGED: tl.constexpr):
     """(first packed row, rows) of image b (ragged: cu_seqlens clamped to [0, T]; N = T)."""
     if RAGGED:
@@ -384,16 +392,14 @@ def _image_task(
     if RAGGED:  # the plan maps groups to images
         wait_for(CNT + 1, OM_TILES + 1, CNT, MAX_WAITS)
     if stats_kind:
-        if RAGGED:
-            b = tl.load(PLAN + 2 * (B + 1) + NG_TOTAL + (B + 1) + i, cache_modifier=".cg")  # its image (-1: none)
-            g = i - tl.load(PLAN + 2 * (B + 1) + NG_TOTAL + tl.maximum(b, 0), cache_modifier=".cg")
+        if RAGGED:  # the plan's STATS_BASE and STATS_IMAGE (triton_tasks.ragged_plan)
+            b, g = _planned_group(PLAN + 2 * (B + 1) + NG_TOTAL, PLAN + 3 * (B + 1) + NG_TOTAL, i)
         else:
             b = i // NS
             g = i % NS
     elif rows_kind:
-        if RAGGED:
-            b = tl.load(PLAN + 2 * (B + 1) + i, cache_modifier=".cg")  # the group's image (-1: none)
-            g = i - tl.load(PLAN + tl.maximum(b, 0), cache_modifier=".cg")  # its first group
+        if RAGGED:  # the plan's GROUP_BASE and GROUP_IMAGE
+            b, g = _planned_group(PLAN, PLAN + 2 * (B + 1), i)
         else:
             b = i // NG
             g = i % NG

@@ -86,12 +86,20 @@ def _load_block(mat, bi, bj, LP: tl.constexpr, CB: tl.constexpr):
 
 
 @triton.jit
-def _summed_block(part, nparts, i, j, LP: tl.constexpr, CB: tl.constexpr):
-    """Block (i, j) of the sum of the ``nparts`` partial Grams [LP, LP] stored one after the other from
-    ``part``, added in a fixed order (deterministic)."""
-    acc = tl.zeros([CB, CB], dtype=tl.float32)
-    for p in range(nparts):
-        acc += _load_block(part + p * LP * LP, i, j, LP, CB)
+def _summed_rows(part, nparts, r0, ncols, LP: tl.constexpr, NR: tl.constexpr):
+    """Rows [r0, r0 + NR), columns [0, ncols) of the sum of the ``nparts`` partial Grams [LP, LP]
+    stored one after the other from ``part`` ([NR, LP], 0 from column ncols on), added in a fixed
+    order (p = 0, 1, ...: deterministic) with four partials' loads in flight."""
+    o_l = tl.arange(0, LP)
+    cols = (o_l < ncols)[None, :]
+    rows = part + (r0 + tl.arange(0, NR))[:, None] * LP + o_l[None, :]
+    acc = tl.zeros([NR, LP], dtype=tl.float32)
+    for p0 in range(0, nparts, 4):  # absent partials load as 0
+        g0 = tl.load(rows + p0 * LP * LP, mask=cols, other=0.0, cache_modifier=".cg")
+        g1 = tl.load(rows + (p0 + 1) * LP * LP, mask=cols & (p0 + 1 < nparts), other=0.0, cache_modifier=".cg")
+        g2 = tl.load(rows + (p0 + 2) * LP * LP, mask=cols & (p0 + 2 < nparts), other=0.0, cache_modifier=".cg")
+        g3 = tl.load(rows + (p0 + 3) * LP * LP, mask=cols & (p0 + 3 < nparts), other=0.0, cache_modifier=".cg")
+        acc = (((acc + g0) + g1) + g2) + g3
     return acc
 
 
@@ -190,14 +198,7 @@ def cholesky_factor(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.con
     for i in range(NB):  # block row i of G (its lower blocks), the partials summed
         rows = i * FB + o
         lower = (o_l < i * FB + FB)[None, :]
-        acc = tl.zeros([FB, LP], dtype=tl.float32)
-        for p0 in range(0, nparts, 4):  # four partials' loads in flight, added in order (absent ones: 0)
-            blocks = part + rows[:, None] * LP + o_l[None, :]
-            g0 = tl.load(blocks + p0 * LP * LP, mask=lower, other=0.0, cache_modifier=".cg")
-            g1 = tl.load(blocks + (p0 + 1) * LP * LP, mask=lower & (p0 + 1 < nparts), other=0.0, cache_modifier=".cg")
-            g2 = tl.load(blocks + (p0 + 2) * LP * LP, mask=lower & (p0 + 2 < nparts), other=0.0, cache_modifier=".cg")
-            g3 = tl.load(blocks + (p0 + 3) * LP * LP, mask=lower & (p0 + 3 < nparts), other=0.0, cache_modifier=".cg")
-            acc = (((acc + g0) + g1) + g2) + g3
+        acc = _summed_rows(part, nparts, i * FB, i * FB + FB, LP, FB)
         tl.store(amat + rows[:, None] * LP + o_l[None, :], acc, mask=lower)
         dmax = tl.maximum(dmax, tl.sum(tl.where(rows[:, None] == o_l[None, :], acc, 0.0), 1))
     shift = tl.maximum(tl.max(dmax, 0) * CHOL_SHIFT, PIVOT_FLOOR)
@@ -471,15 +472,17 @@ def apply_task(ws, row0, row1, lmat, mmat, part, gram, done, LP: tl.constexpr, A
 
 
 @triton.jit
-def _symmetric_sum(part, nparts, hmat, LP: tl.constexpr, CB: tl.constexpr):
-    """hmat [LP, LP] = the sum of the ``nparts`` partial Grams (lower blocks), both triangles."""
-    NB: tl.constexpr = LP // CB
-    for i in range(NB):
-        for j in range(i + 1):
-            acc = _summed_block(part, nparts, i, j, LP, CB)
-            _store_block(hmat, i, j, acc, LP, CB)
-            if i != j:
-                _store_block(hmat, j, i, tl.trans(acc), LP, CB)
+def _symmetric_sum(part, nparts, hmat, LP: tl.constexpr, NR: tl.constexpr):
+    """hmat [LP, LP] = the sum of the ``nparts`` partial Grams (lower blocks), both triangles: NR rows
+    at a time, their lower blocks (with the diagonal block) stored as rows, the blocks left of the
+    diagonal block also as columns."""
+    o_r = tl.arange(0, NR)
+    o_l = tl.arange(0, LP)
+    for r0 in range(0, LP, NR):
+        acc = _summed_rows(part, nparts, r0, r0 + NR, LP, NR)
+        rows = r0 + o_r
+        tl.store(hmat + rows[:, None] * LP + o_l[None, :], acc, mask=(o_l < r0 + NR)[None, :])
+        tl.store(hmat + o_l[:, None] * LP + rows[None, :], tl.trans(acc), mask=(o_l < r0)[:, None])
     tl.debug_barrier()
 
 
@@ -492,7 +495,7 @@ def eigen_task(part, nparts, hmat, vmat, done, p, bar, CNT, LP: tl.constexpr, CB
     counter). A task: counts ``done``."""
     LL: tl.constexpr = LP * LP
     if p == 0:
-        _symmetric_sum(part, nparts, hmat, LP, CB)
+        _symmetric_sum(part, nparts, hmat, LP, JB)
     jacobi_eigenvectors(hmat, part, part + LL, part + 2 * LL, part + 3 * LL, vmat, p, bar, CNT, LP, JB, JP, 1,
                         MAX_SWEEPS, MAX_WAITS, SPREC, False)
     count_done(done)
