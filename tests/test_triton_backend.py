@@ -212,10 +212,12 @@ def _poisoned_empty(real_empty):
 
 
 @cpu_interp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("with_scores", [True, False], ids=["scores", "leverage"])
-def test_every_output_element_is_written(monkeypatch, with_scores):
-    """torch.empty (outputs and scratch) returns NaN / True / -12345: nothing may survive."""
-    x = _decaying(3, 64, 96, seed=19)
+def test_every_output_element_is_written(monkeypatch, with_scores, dtype):
+    """torch.empty (outputs and scratch) returns NaN / True / -12345: nothing may survive (bf16: the
+    products read Omega, Q and W as 16-bit parts, from scratch of their own)."""
+    x = _decaying(3, 64, 96, seed=19).to(dtype)
     x[0] = 1.0  # flat image: budget = min_tokens, much padding
     scores = torch.randn(3, 64) if with_scores else None
     cfg = _cfg(x, sketch_size=16, power_iters=1, energy=0.5, max_tokens=40)
@@ -455,12 +457,13 @@ def test_programs_run_in_ticket_order_never_wait_and_a_wait_is_reported(monkeypa
 
 
 @cpu_interp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["dense", "ragged"])
-def test_workspace_bytes_is_what_a_launch_allocates(monkeypatch, ragged):
+def test_workspace_bytes_is_what_a_launch_allocates(monkeypatch, ragged, dtype):
     """workspace_bytes (what the README's scratch figures come from) counts every scratch buffer the
-    launcher makes: all it allocates minus its outputs."""
+    launcher makes: all it allocates minus its outputs (16-bit tokens add the products' 16-bit parts)."""
     g = torch.Generator().manual_seed(8)
-    x = torch.randn(3, 40, 24, generator=g)
+    x = torch.randn(3, 40, 24, generator=g).to(dtype)
     cfg = _cfg(x, sketch_size=8, power_iters=2, max_tokens=10)
     tokens, cu = (x.reshape(-1, 24), torch.tensor([0, 40, 80, 120])) if ragged else (x, None)
     allocated = []
@@ -482,4 +485,4 @@ def test_workspace_bytes_is_what_a_launch_allocates(monkeypatch, ragged):
     plan = tb.launch_plan(batch=3, n=n, d=24, settings=settings, ragged=ragged, power_iters=2, leverage=True,
                           select=True)
     assert sum(allocated) - output_bytes == tb.workspace_bytes(batch=3, n=n, d=24, settings=settings, plan=plan,
-                                                               ragged=ragged)
+                                                               ragged=ragged, dtype=dtype)

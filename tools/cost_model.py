@@ -361,10 +361,15 @@ LOOP_MARKERS = {
                              "acc = tl.dot(x, tl.trans(-_load_block(lmat, jb, kb, LP, AB)), acc, input_precision=SPREC)"),
     "apply: column block": ("solve_transpose",
                             "x = tl.dot(acc, tl.trans(_load_block(mmat, jb, jb, LP, AB)), input_precision=SPREC)"),
+    # the last pass's 16-bit parts and column sums (product_operand, store_parts in apply_task)
+    "apply: split rows": ("product_operand",
+                          "y = tl.load(ws + rows[:, None] * LP + o_l[None, :], mask=m, other=0.0, cache_modifier=\".cg\")"),
+    "apply: split part": ("store_parts", "tl.store(ptrs + p * pstride, part, mask=mask)"),
     # products with X
-    "X W: chunk": ("x_times_w", "b_w = tl.load(w_img + cols[:, None] * LP + o_l[None, :],"),
+    # (the chunk loops of both products: the X tile's load, in the inlined _x_operand)
+    "X W: chunk": ("_x_operand", "b_x = tl.load(x_img + o_n[:, None] * sxn + o_d[None, :] * sxd, mask=m_x, other=0.0)"),
     "X W: row tile": ("x_times_w", "tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=(rows < row1)[:, None])"),
-    "X^T Q: chunk": ("xt_times_q", "b_q = tl.load(q_img + rows[:, None] * LP + o_l[None, :], mask=(rows < n_img)[:, None]"),
+    "X^T Q: chunk": ("_x_operand", "b_x = tl.load(x_img + o_n[:, None] * sxn + o_d[None, :] * sxd, mask=m_x, other=0.0)"),
     "X^T Q: feature tile": ("xt_times_q",
                             "tl.store(w_img + cols[:, None] * LP + o_l[None, :], acc, mask=(cols < col1)[:, None])"),
     # Jacobi (eigen_task: _symmetric_sum, jacobi_eigenvectors)
@@ -542,8 +547,8 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
             return dict(tc16_flops=parts * 2.0 * m * k * nn)
         return dict(tf32_flops=3 * 2.0 * m * k * nn)
 
-    if kind == K.K_GLOBAL:  # BD rows of Omega (Philox + Box-Muller): straight-line code
-        w = Work([], l2_bytes=c.get("BD", bd) * lp * 4, cuda_flops=c.get("BD", bd) * lp * 40.0)
+    if kind == K.K_GLOBAL:  # BD rows of Omega (Philox + Box-Muller; 16-bit tokens: its 2 parts): straight-line code
+        w = Work([], l2_bytes=c.get("BD", bd) * lp * (8 if split16 else 4), cuda_flops=c.get("BD", bd) * lp * 40.0)
     elif kind == K.K_STATS:
         chunk = c["BD"]  # the launcher passes BK as the statistics' column chunk
         tiles, chunks = _cdiv(span, br), _cdiv(d, chunk)
@@ -590,17 +595,27 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
                  tf32_flops=3 * 2.0 * span * ab * ab * apairs)
         if gram:
             w.add(gram_part(span))
+        elif split16:  # the last pass: the rows' 16-bit parts (Q 3, W 2) and weighted column sums
+            nparts = 3 if side == 0 else 2
+            stiles = _cdiv(span, c.get("BR", tile))
+            w.add(Work([("apply: split rows", stiles), ("apply: split part", stiles * nparts)],
+                       l2_bytes=span * lp * (4 + 2 * nparts) + span * 4 + lp * 4,
+                       cuda_flops=span * lp * (3.0 * nparts + 2.0)))
     elif kind in (K.K_XTQ, K.K_Z):
         ftiles, chunks = _cdiv(span, c["BD"]), _cdiv(n, c["BK"])
+        # Q read by every feature tile: as 16-bit parts (1^T Q from the groups' partials), or fp32 (whose
+        # column sums the fp32 path does not need)
+        q_bytes = 2 * c["PARTS"] if split16 else 4
         w = Work([("X^T Q: chunk", ftiles * chunks), ("X^T Q: feature tile", ftiles)],
-                 token_bytes=n * span * elt, l2_bytes=ftiles * n * lp * 4 + span * lp * 4 + span * 4,
-                 cuda_flops=ftiles * n * lp + 2.0 * span * lp, **x_product(span, n, lp, c["PARTS"]))
+                 token_bytes=n * span * elt,
+                 l2_bytes=ftiles * n * lp * q_bytes + span * lp * 4 + span * 4 + shape["NG"] * lp * 4,
+                 cuda_flops=2.0 * span * lp, **x_product(span, n, lp, c["PARTS"]))
         w.add(gram_part(span))
     elif kind == K.K_XW:
         tiles, chunks = _cdiv(span, c["BR"]), _cdiv(d, c["BK"])
-        w = Work([("X W: chunk", tiles * chunks), ("X W: row tile", tiles)],
-                 token_bytes=span * d * elt, l2_bytes=tiles * d * (lp + 1) * 4 + span * lp * 4,
-                 cuda_flops=tiles * 2.0 * d * lp + 2.0 * span * lp, **x_product(span, d, lp, 2))
+        w = Work([("X W: chunk", tiles * chunks), ("X W: row tile", tiles)],  # W as 2 parts, or fp32
+                 token_bytes=span * d * elt, l2_bytes=tiles * d * lp * 4 + span * lp * 4 + shape["DG"] * lp * 4,
+                 cuda_flops=2.0 * span * lp, **x_product(span, d, lp, 2))
         w.add(gram_part(span))
     elif kind == K.K_EIG:  # program ``span`` of the image's JP (program 0 also sums the partial Grams)
         jp = s["JP"]

@@ -368,6 +368,7 @@ def _image_task(
     SC, scb, scn,  # scores [B, N] (or packed [T]) or None
     OM, som_d, som_l,  # a given sketch [D, l], or OMS (then the kernel draws Omega)
     OMS, QWS, WWS, PART, LWS,  # fp32 scratch: Omega [D, LP], Q [B*N | T, LP], W [B, D, LP], Grams, l x l
+    P16, CSUM,  # 16-bit parts of Omega, Q and W (SPLIT16; the tokens' dtype), column-sum partials [B, PSLOTS, LP]
     TSUM, TSCAL, IMGF, MU, CW,  # tile column sums [tiles, D], tile scalars (fp64), image scalars (fp64), mu, mu^T Omega
     SIGP, SIG2, RANKS, IMGI,  # sigma partials (fp64), sigma^2, ranks, (k*, budget, r) per image
     LEV, KEPT, KCNT, PLAN, CNT,  # leverage, kept flags, kept counts per group, ragged plan, counters (zeroed)
@@ -443,6 +444,16 @@ def _image_task(
         b64 = b.to(tl.int64)
         q_img = QWS + start * LP
         w_img = WWS + b64 * D * LP
+        # the 16-bit parts (P16): Omega's [2][D, LP], Q's [3][rows, LP], W's [2][B, D, LP]
+        if RAGGED:
+            q_rows = N.to(tl.int64)
+        else:
+            q_rows = N.to(tl.int64) * B
+        q_stride = q_rows * LP
+        w_stride = B.to(tl.int64) * D * LP
+        q16_img = P16 + 2 * D * LP + start * LP
+        w16_img = P16 + 2 * D * LP + 3 * q_stride + b64 * D * LP
+        csum_img = CSUM + b64 * PSLOTS * LP
         part_img = PART + b64 * PSLOTS * LL
         a_mat = LWS + b64 * 2 * LL
         m_mat = a_mat + LL
@@ -460,7 +471,7 @@ def _image_task(
         done = CNT + 3 + b * NSTAGES + stage  # counted by the task when it is finished
         # exactly one (not inlined) call per kind: nothing of this function stays live across it
         if kind == 1:
-            stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, tile_g, OMS, TSUM,
+            stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, tile_g, OMS, P16, TSUM,
                              TSCAL, q_img, done, HAS_SCORES, CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, BR, BK)
         elif kind == 2:
             reduce_image(TSUM, TSCAL, tile0, (n_img + BR - 1) // BR, n_img, D, l_img, OMS, mu_img, cw_img,
@@ -471,19 +482,26 @@ def _image_task(
         elif kind == 4:
             cholesky_factor(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, FB, AB)
         elif kind == 5:
+            # the last pass leaves Q as 3 - side = 3 parts (Z = X_c^T Q takes 3, W = X_c^T Q 2) and its column
+            # sums, or W as 2 parts and its column sums weighted (side = 1) by mu (runtime values: one
+            # specialisation of the task for both sides)
             if side == 0:
-                apply_task(q_img, row0, row1, a_mat, m_mat, part_g, gram, done, LP, AB, CB, BR, BK, SPREC)
+                apply_task(q_img, row0, row1, a_mat, m_mat, part_g, gram, done, q16_img, q_stride, 3 - side, mu_img,
+                           side, csum_img + g * LP, LP, AB, CB, BR, BK, SPREC, SPLIT16, CENTER)
             else:
-                apply_task(w_img, col0, col1, a_mat, m_mat, part_g, gram, done, LP, AB, CB, BD, BK, SPREC)
+                apply_task(w_img, col0, col1, a_mat, m_mat, part_g, gram, done, w16_img, w_stride, 3 - side, mu_img,
+                           side, csum_img + g * LP, LP, AB, CB, BD, BK, SPREC, SPLIT16, CENTER)
         elif kind == 6:
-            xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part_g, done, CENTER,
-                       IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, BD, BK, CB, SPREC)
+            xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16_img, q_stride, csum_img, ng_img,
+                       w_img, img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, BD, BK, CB,
+                       SPREC)
         elif kind == 7:
-            x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, q_img, img_f64, part_g, done,
-                      CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, BR, BK, CB, SPREC)
+            x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, w16_img, w_stride, csum_img, DG, q_img,
+                      img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, BR, BK, CB, SPREC)
         elif kind == 8:
-            xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part_g, done, CENTER,
-                       IS_F64, SPLIT16, PRESCALE16, 3, XPREC, LP, BD, BK, CB, SPREC)
+            xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16_img, q_stride, csum_img, ng_img,
+                       w_img, img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, 3, XPREC, LP, BD, BK, CB,
+                       SPREC)
         elif kind == 9:
             eigen_task(part_img, DG, a_mat, m_mat, done, g, CNT + 3 + B * NSTAGES + b, CNT, LP, CB, JB, JP,
                        MAX_SWEEPS, MAX_WAITS, SPREC)
@@ -518,6 +536,7 @@ def _eadaprune_kernel(
     SC, scb, scn,  # scores [B, N] (or packed [T]) or None
     OM, som_d, som_l,  # a given sketch [D, l], or OMS (then the kernel draws Omega)
     OMS, QWS, WWS, PART, LWS,  # fp32 scratch: Omega [D, LP], Q [B*N | T, LP], W [B, D, LP], Grams, l x l
+    P16, CSUM,  # 16-bit parts of Omega, Q and W (SPLIT16; the tokens' dtype), column-sum partials [B, PSLOTS, LP]
     TSUM, TSCAL, IMGF, MU, CW,  # tile column sums [tiles, D], tile scalars (fp64), image scalars (fp64), mu, mu^T Omega
     SIGP, SIG2, RANKS, IMGI,  # sigma partials (fp64), sigma^2, ranks, (k*, budget, r) per image
     LEV, KEPT, KCNT, PLAN, CNT,  # leverage, kept flags, kept counts per group, ragged plan, counters (zeroed)
@@ -554,14 +573,14 @@ def _eadaprune_kernel(
     if t < TOTAL:
         if stage == 0:  # ---- the call-wide stage: Omega tiles, the plan --------------------------------
             if i < OM_TILES:
-                sketch_tile(i, OM, som_d, som_l, OMS, D, L, SEED, CNT, HAS_SKETCH, LP, BD)
+                sketch_tile(i, OM, som_d, som_l, OMS, P16, D, L, SEED, CNT, HAS_SKETCH, SPLIT16, LP, BD)
             elif RAGGED:
                 ragged_plan(CU, B, N, GR, SR, BR, NG_TOTAL, NS_TOTAL, PLAN, CNT, 128, 32)
         else:
             _image_task(
                 stage, i, kind, side, gram, k_prev, s_prev,
                 X, sxb, sxn, sxd, CU, SC, scb, scn, OM, som_d, som_l,
-                OMS, QWS, WWS, PART, LWS, TSUM, TSCAL, IMGF, MU, CW, SIGP, SIG2, RANKS, IMGI,
+                OMS, QWS, WWS, PART, LWS, P16, CSUM, TSUM, TSCAL, IMGF, MU, CW, SIGP, SIG2, RANKS, IMGI,
                 LEV, KEPT, KCNT, PLAN, CNT, SIG, ENERGY, BUDGET, SAT, BIN,
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
@@ -602,18 +621,29 @@ def plan_entries(batch: int, plan: dict) -> int:
     return 3 * (batch + 1) + plan["NG_TOTAL"] + plan["NS_TOTAL"]
 
 
-def workspace_bytes(*, batch: int, n: int, d: int, settings: dict, plan: dict, ragged: bool) -> int:
-    """Bytes of scratch one launch allocates besides its outputs (``n`` is N, or T for packed input):
-    the buffers ``_launch`` makes, each at least one element."""
+def _parts16_elements(dtype: torch.dtype, *, batch: int, rows: int, d: int, lp: int) -> int:
+    """Elements of the 16-bit parts buffer: Omega's two parts [D, LP], Q's three [rows, LP], W's two
+    [B, D, LP] (16-bit tokens only; 0 for the others)."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return 0
+    return (2 * d + 3 * rows + 2 * batch * d) * lp
+
+
+def workspace_bytes(*, batch: int, n: int, d: int, settings: dict, plan: dict, ragged: bool,
+                    dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of scratch one launch allocates besides its outputs (``n`` is N, or T for packed input;
+    ``dtype`` the tokens'): the buffers ``_launch`` makes, each at least one element."""
     lp, slots = settings["LP"], settings["PSLOTS"]
     rows = n if ragged else batch * n
+    elt = torch.empty((), dtype=dtype).element_size()
+    parts16 = elt * max(1, _parts16_elements(dtype, batch=batch, rows=rows, d=d, lp=lp))
     f32 = (d * lp + rows * lp + batch * d * lp + batch * slots * lp * lp + batch * 2 * lp * lp
-           + plan["TILES"] * d + batch * d + 2 * batch * lp + rows)
+           + batch * slots * lp + plan["TILES"] * d + batch * d + 2 * batch * lp + rows)
     f64 = plan["TILES"] * 4 + batch * 8 + batch * slots * lp
     # ranks, (k*, budget, r), kept flags, kept counts, the ragged plan, the counters
     i32 = batch * lp + 4 * batch + rows + batch * slots + plan_entries(batch, plan) + _C_IMAGES \
         + batch * len(plan["stages"]) + batch
-    return 4 * f32 + 8 * f64 + 4 * i32
+    return 4 * f32 + 8 * f64 + 4 * i32 + parts16
 
 
 def _launch_flags(flags: dict) -> dict:
@@ -655,6 +685,9 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     w_ws = scratch(batch, d, lp)
     part = scratch(batch, slots, lp, lp)
     lws = scratch(batch, 2, lp, lp)
+    # 16-bit parts of Omega (2), Q (3) and W (2) for the products of 16-bit tokens; one element otherwise
+    p16 = scratch(max(1, _parts16_elements(tokens.dtype, batch=batch, rows=rows, d=d, lp=lp)), dtype=tokens.dtype)
+    csum = scratch(batch, slots, lp)
     tsum = scratch(max(plan["TILES"], 1), d)
     tscal = scratch(max(plan["TILES"], 1), 4, dtype=f64)
     imgf = scratch(batch, 8, dtype=f64)
@@ -706,7 +739,7 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
             cu_seqlens,
             sc, *ssc,
             om, *som,
-            oms, q_ws, w_ws, part, lws,
+            oms, q_ws, w_ws, part, lws, p16, csum,
             tsum, tscal, imgf, mu, cw,
             sigp, sig2, ranks, imgi,
             lev, kept, kcnt, plan_ws, counters,

@@ -136,6 +136,44 @@ def gram_partial(ws, row0, row1, part, LP: tl.constexpr, CB: tl.constexpr, BR: t
 
 
 @triton.jit
+def store_parts(ptrs, pstride, x, nparts, mask):
+    """x (fp32) as ``nparts`` 16-bit parts (the element type of ``ptrs``: the tokens' dtype) at ptrs +
+    p * pstride: part p is the remainder x - (parts 0 .. p - 1) rounded to nearest even by the cast
+    (cvt.rn on the GPU; the backend's interpreter fix rounds bf16 casts the same way). Two parts carry
+    ~2^-17 of x relative, three ~2^-25 (bfloat16). A 16-bit product with X then takes the parts as
+    they are: the split is made once, where the operand is produced, not by every task that reads it."""
+    rest = x
+    for p in range(nparts):
+        part = rest.to(ptrs.dtype.element_ty)
+        tl.store(ptrs + p * pstride, part, mask=mask)
+        rest = rest - part.to(tl.float32)
+
+
+@triton.jit
+def product_operand(ws, row0, row1, parts, pstride, nparts, wts, weighted, csum, SUMS: tl.constexpr,
+                    LP: tl.constexpr, BR: tl.constexpr):
+    """Rows [row0, row1) of ws [*, LP] (fp32, just written by this program) as the next product with
+    16-bit tokens takes them: ``nparts`` 16-bit parts into parts [nparts][*, LP] (part stride
+    ``pstride``, :func:`store_parts`), and with SUMS the rows' column sums into csum [LP], each row
+    weighted by wts[row] when ``weighted`` (else 1): the partial of the product's rank-1 mean
+    correction (1^T Q or mu^T W), which the product task sums over the groups in order."""
+    o_r = tl.arange(0, BR)
+    o_l = tl.arange(0, LP)
+    tl.debug_barrier()  # the rows were just written by this program
+    acc = tl.zeros([BR, LP], dtype=tl.float32)  # per row of the tile: one reduction over rows at the end
+    for r0 in range(row0, row1, BR):
+        rows = r0 + o_r
+        m = (rows < row1)[:, None]
+        y = tl.load(ws + rows[:, None] * LP + o_l[None, :], mask=m, other=0.0, cache_modifier=".cg")
+        store_parts(parts + rows[:, None] * LP + o_l[None, :], pstride, y, nparts, m)
+        if SUMS:
+            w = tl.load(wts + rows, mask=(rows < row1) & (weighted != 0), other=1.0, cache_modifier=".cg")
+            acc += w[:, None] * y
+    if SUMS:
+        tl.store(csum + o_l, tl.sum(acc, 0))
+
+
+@triton.jit
 def _chol_small(A, shift, CB: tl.constexpr):
     """M = L^-1 with L L^T = A + shift I (pivots floored at shift), A [CB, CB] in registers (its lower
     triangle is read).
@@ -460,14 +498,19 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
 
 
 @triton.jit(noinline=True)
-def apply_task(ws, row0, row1, lmat, mmat, part, gram, done, LP: tl.constexpr, AB: tl.constexpr, CB: tl.constexpr,
-               BR: tl.constexpr, BK: tl.constexpr, SPREC: tl.constexpr):
+def apply_task(ws, row0, row1, lmat, mmat, part, gram, done, parts, pstride, nparts, wts, weighted, csum,
+               LP: tl.constexpr, AB: tl.constexpr, CB: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+               SPREC: tl.constexpr, SPLIT16: tl.constexpr, SUMS: tl.constexpr):
     """One CholeskyQR pass on rows [row0, row1): ws <- ws L^-T (solve_transpose, on [AB, AB] blocks), then
-    (``gram`` != 0) the Gram partial of the new rows for the next pass on [CB, CB] blocks. A task:
-    counts ``done``."""
+    (``gram`` != 0) the Gram partial of the new rows for the next pass on [CB, CB] blocks; the last pass
+    (``gram`` == 0) leaves the basis for a product with X, which with 16-bit tokens (SPLIT16) takes
+    it as ``nparts`` 16-bit parts and its weighted column sums (SUMS): :func:`product_operand`. A
+    task: counts ``done``."""
     solve_transpose(ws, row0, row1, lmat, mmat, LP, AB, BR, SPREC)
     if gram != 0:
         gram_partial(ws, row0, row1, part, LP, CB, BK, SPREC)
+    elif SPLIT16:
+        product_operand(ws, row0, row1, parts, pstride, nparts, wts, weighted, csum, SUMS, LP, BR)
     count_done(done)
 
 

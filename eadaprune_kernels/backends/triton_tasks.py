@@ -7,11 +7,13 @@ Every task works on one image: a group of row tiles (BR rows each) or of feature
 each), or the whole image for the per-image steps. Scratch written by one task and read by another
 goes through global memory (L2) and is read with ``cache_modifier=".cg"``.
 
-The products with X (see :func:`_dot_x`): float16 / bfloat16 tokens stay exact in their dtype and the
-fp32 operand is split into 16-bit parts, each rounded to nearest (two MMAs, ~2^-17 relative; three for
-Z = X_c^T Q, which gives the spectrum: ~2^-25); the mean enters as a rank-1 correction on the CUDA
-cores. float32 tokens (and float64 ones, scaled in fp64 and rounded) are centred in fp32 registers and
-multiplied in 3xTF32. Never plain TF32, which truncates fp32 operands on sm_90 (every sigma ~7e-4 low).
+The products with X (see :func:`_dot_parts`): float16 / bfloat16 tokens stay exact in their dtype and
+the fp32 operand is taken as 16-bit parts, each rounded to nearest (two MMAs, ~2^-17 relative; three
+for Z = X_c^T Q, which gives the spectrum: ~2^-25), split once by the task that produced it (Omega:
+:func:`sketch_tile`; Q and W: the last CholeskyQR pass, ``triton_linalg.product_operand``), not by
+every task that reads it; the mean enters as a rank-1 correction whose column sums (1^T Q, mu^T W)
+the same pass leaves per group. float32 tokens (and float64 ones, scaled in fp64 and rounded) are
+centred in fp32 registers and multiplied in 3xTF32. Never plain TF32, which truncates fp32 operands on sm_90 (every sigma ~7e-4 low).
 The first product, Y = X Omega, is formed in the statistics pass before the mean and the scale are
 known: each tile is scaled by its own power of two (exact) and Y = Y~ * (s_tile / s) - 1 (mu^T Omega)
 is fixed afterwards (:func:`fix_sketch`), for every dtype.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_linalg import count_done, gram_partial
+from .triton_linalg import count_done, gram_partial, store_parts
 
 # Row tiles the reduce task reads at once (one L2 round trip per 32 tiles, not per tile).
 REDUCE_TILES = tl.constexpr(32)
@@ -70,23 +72,13 @@ def _tile_block(tile0, k0, ntiles, KT: tl.constexpr):
 
 
 @triton.jit
-def _dot_x(b_x, b_f, acc, SPLIT16: tl.constexpr, PARTS: tl.constexpr, XPREC: tl.constexpr):
-    """acc + b_x @ b_f for a tile of X (or its transpose) and an fp32 tile (Omega, Q or W).
-
-    SPLIT16: b_x is exact in float16 / bfloat16 and b_f is split into PARTS (2 or 3) parts of that
-    dtype, each rounded to nearest even by the cast (cvt.rn on the GPU; the backend's interpreter fix
-    rounds bf16 casts the same way, the plain interpreter would truncate them and bias every product
-    low): PARTS 16-bit MMAs with exact products and fp32 sums. Otherwise XPREC ("tf32x3": Triton's
-    3xTF32 split, about fp32 accuracy) on fp32 tiles.
-    """
-    if SPLIT16:
-        rest = b_f
-        for _ in tl.static_range(PARTS):
-            part = rest.to(b_x.dtype)
-            acc = tl.dot(b_x, part, acc)
-            rest = rest - part.to(tl.float32)
-    else:
-        acc = tl.dot(b_x, b_f, acc, input_precision=XPREC)
+def _dot_parts(b_x, ptrs, pstride, mask, acc, PARTS: tl.constexpr):
+    """acc + b_x @ F for a 16-bit tile of X (or its transpose), exact in its dtype, and an fp32 tile F
+    (Omega, Q or W) stored as 16-bit parts at ptrs + p * pstride (``triton_linalg.store_parts``):
+    PARTS 16-bit MMAs with exact products and fp32 sums. (float32 / float64 tokens: one 3xTF32 product
+    of fp32 tiles instead, XPREC.)"""
+    for p in tl.static_range(PARTS):
+        acc = tl.dot(b_x, tl.load(ptrs + p * pstride, mask=mask, other=0.0, cache_modifier=".cg"), acc)
     return acc
 
 
@@ -154,10 +146,12 @@ def product_scales(img_f64, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCAL
 
 
 @triton.jit(noinline=True)
-def sketch_tile(i, OM, som_d, som_l, OMS, D, L, SEED, CNT, HAS_SKETCH: tl.constexpr, LP: tl.constexpr,
-                BD: tl.constexpr):
+def sketch_tile(i, OM, som_d, som_l, OMS, om16, D, L, SEED, CNT, HAS_SKETCH: tl.constexpr, SPLIT16: tl.constexpr,
+                LP: tl.constexpr, BD: tl.constexpr):
     """Rows [i BD, (i + 1) BD) of Omega [D, LP] (fp32 scratch, columns >= L zero): element (d, j) is
-    tl.randn(seed, j * D + d), or the given sketch matrix. Counts the call-wide stage's CNT[1]."""
+    tl.randn(seed, j * D + d), or the given sketch matrix; SPLIT16: also its two 16-bit parts
+    [2][D, LP] at om16 (the statistics pass's product takes them). Counts the call-wide stage's
+    CNT[1]."""
     o_d = i * BD + tl.arange(0, BD)
     o_l = tl.arange(0, LP)
     m = (o_d[:, None] < D) & (o_l[None, :] < L)
@@ -165,7 +159,10 @@ def sketch_tile(i, OM, som_d, som_l, OMS, D, L, SEED, CNT, HAS_SKETCH: tl.conste
         b_om = tl.load(OM + o_d[:, None] * som_d + o_l[None, :] * som_l, mask=m, other=0.0).to(tl.float32)
     else:
         b_om = tl.randn(SEED, o_l[None, :] * D + o_d[:, None])  # int32 j*D + d
-    tl.store(OMS + o_d[:, None] * LP + o_l[None, :], tl.where(m, b_om, 0.0), mask=o_d[:, None] < D)
+    b_om = tl.where(m, b_om, 0.0)
+    tl.store(OMS + o_d[:, None] * LP + o_l[None, :], b_om, mask=o_d[:, None] < D)
+    if SPLIT16:
+        store_parts(om16 + o_d[:, None] * LP + o_l[None, :], D * LP, b_om, 2, o_d[:, None] < D)
     count_done(CNT + 1)
 
 
@@ -230,7 +227,7 @@ def ragged_plan(CU, B, T, GR, SR, BR, NG_TOTAL, NS_TOTAL, PLAN, CNT, BLOCK: tl.c
 
 
 @triton.jit(noinline=True)
-def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, tile0, OMS, TSUM, TSCAL,
+def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, tile0, OMS, om16, TSUM, TSCAL,
                      q_img, done, HAS_SCORES: tl.constexpr, CENTER: tl.constexpr, IS_F64: tl.constexpr,
                      SPLIT16: tl.constexpr,
                      PRESCALE16: tl.constexpr, XPREC: tl.constexpr, LP: tl.constexpr, BR: tl.constexpr,
@@ -295,19 +292,21 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
             ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)
             raw += tl.sum(tl.sum(b_x * b_x, 1), 0).to(tl.float64)
             # whole rows of Omega (vector loads); its columns from l_img on are zeroed in Y below
-            b_om = tl.load(OMS + cols[:, None] * LP + o_l[None, :], mask=(cols < D)[:, None], other=0.0,
-                           cache_modifier=".cg")
+            om_offs = cols[:, None] * LP + o_l[None, :]
             if SPLIT16:
                 if PRESCALE16:
                     b_op = (b_raw.to(tl.float32) * inv_t).to(b_raw.dtype)
                 else:
                     b_op = b_raw
                 b_op = tl.where(m_x, b_op, tl.zeros_like(b_op))
-            elif CENTER:
-                b_op = b_c
+                acc = _dot_parts(b_op, om16 + om_offs, D * LP, (cols < D)[:, None], acc, 2)
             else:
-                b_op = b_x
-            acc = _dot_x(b_op, b_om, acc, SPLIT16, 2, XPREC)
+                b_om = tl.load(OMS + om_offs, mask=(cols < D)[:, None], other=0.0, cache_modifier=".cg")
+                if CENTER:
+                    b_op = b_c
+                else:
+                    b_op = b_x
+                acc = tl.dot(b_op, b_om, acc, input_precision=XPREC)
         # column j of Y~ is X Omega[:, j]: the image's l_img columns, exact zeros past them
         acc = tl.where(o_l[None, :] < l_img, acc, 0.0)
         tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=m_r[:, None])
@@ -443,14 +442,26 @@ def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_i
 # ---- products with X ------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _summed_partials(csum, nsums, LP: tl.constexpr):
+    """The sum of the ``nsums`` rows of csum [nsums, LP] (fp32), in row order."""
+    o_l = tl.arange(0, LP)
+    acc = tl.zeros([LP], dtype=tl.float32)
+    for p in range(nsums):
+        acc += tl.load(csum + p * LP + o_l, cache_modifier=".cg")
+    return acc
+
+
 @triton.jit(noinline=True)
-def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, q_img, img_f64, part, done,
+def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, w16, wstride, csum, nsums, q_img, img_f64,
+              part, done,
               CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
               XPREC: tl.constexpr, LP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, CB: tl.constexpr,
               SPREC: tl.constexpr):
     """Q rows [row0, row1) = X_c W (W [D, LP] fp32 scratch), each row tile reduced over all of D in
-    chunks of BK. SPLIT16: out_scale * (X W) - 1 (mu^T W), the rank-1 term summed on the CUDA cores as
-    W streams by. Then the Gram partial of those rows.
+    chunks of BK. SPLIT16: out_scale * (X W) - 1 (mu^T W), W read as its two 16-bit parts (w16, part
+    stride ``wstride``), mu^T W the sum of the ``nsums`` group partials at csum [nsums, LP] in group
+    order (both left by the last CholeskyQR pass of W). Then the Gram partial of those rows.
 
     W's columns from the image's l_img on are exactly 0, as Q's are (xt_times_q reads whole rows too):
     Y's are (stats_and_sketch zeroes Y~'s, fix_sketch masks Omega's), and a product or a CholeskyQR
@@ -462,19 +473,20 @@ def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, q_img, img_f
     o_l = tl.arange(0, LP)
     o_r = tl.arange(0, BR)
     CORRECT: tl.constexpr = SPLIT16 and CENTER
+    if CORRECT:
+        mu_w = _summed_partials(csum, nsums, LP)
     for r0 in range(row0, row1, BR):
         acc = tl.zeros([BR, LP], dtype=tl.float32)
-        mu_w = tl.zeros([LP], dtype=tl.float32)
         for d0 in range(0, D, BK):
             cols = d0 + o_k
             b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, row1, D, inv, bad, CENTER, IS_F64, SPLIT16,
                              PRESCALE16, BR, BK)
-            b_w = tl.load(w_img + cols[:, None] * LP + o_l[None, :],
-                          mask=(cols < D)[:, None], other=0.0, cache_modifier=".cg")
-            acc = _dot_x(b_x, b_w, acc, SPLIT16, 2, XPREC)
-            if CORRECT:
-                b_mu = tl.load(mu_img + cols, mask=cols < D, other=0.0, cache_modifier=".cg")
-                mu_w += tl.sum(b_mu[:, None] * b_w, 0)
+            w_offs = cols[:, None] * LP + o_l[None, :]
+            if SPLIT16:
+                acc = _dot_parts(b_x, w16 + w_offs, wstride, (cols < D)[:, None], acc, 2)
+            else:
+                b_w = tl.load(w_img + w_offs, mask=(cols < D)[:, None], other=0.0, cache_modifier=".cg")
+                acc = tl.dot(b_x, b_w, acc, input_precision=XPREC)
         acc = acc * out_scale
         if CORRECT:
             acc = acc - mu_w[None, :]
@@ -485,30 +497,35 @@ def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, q_img, img_f
 
 
 @triton.jit(noinline=True)
-def xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, w_img, img_f64, part, done,
+def xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16, qstride, csum, nsums, w_img, img_f64,
+               part, done,
                CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
                PARTS: tl.constexpr, XPREC: tl.constexpr, LP: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
                CB: tl.constexpr, SPREC: tl.constexpr):
     """W rows [col0, col1) = X_c^T Q (Q [n_img, LP] fp32 scratch), each feature tile reduced over all
-    of the image's rows in chunks of BK. SPLIT16: out_scale * (X^T Q) - mu (1^T Q); see :func:`_dot_x`
-    for PARTS. Then the Gram partial of those rows (Z's: H = Z^T Z)."""
+    of the image's rows in chunks of BK. SPLIT16: out_scale * (X^T Q) - mu (1^T Q), Q read as its
+    first PARTS 16-bit parts (q16, part stride ``qstride``; :func:`_dot_parts`), 1^T Q the sum of the
+    ``nsums`` group partials at csum [nsums, LP] in group order (both left by the last CholeskyQR pass
+    of Q). Then the Gram partial of those rows (Z's: H = Z^T Z)."""
     inv, out_scale, bad = product_scales(img_f64, IS_F64, SPLIT16, PRESCALE16)
     o_d = tl.arange(0, BD)
     o_l = tl.arange(0, LP)
     o_k = tl.arange(0, BK)
     CORRECT: tl.constexpr = SPLIT16 and CENTER
+    if CORRECT:
+        q_sum = _summed_partials(csum, nsums, LP)
     for d0 in range(col0, col1, BD):
         acc = tl.zeros([BD, LP], dtype=tl.float32)
-        q_sum = tl.zeros([LP], dtype=tl.float32)
         for r0 in range(0, n_img, BK):
             rows = r0 + o_k
             b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, n_img, col1, inv, bad, CENTER, IS_F64, SPLIT16,
                              PRESCALE16, BK, BD)
-            b_q = tl.load(q_img + rows[:, None] * LP + o_l[None, :], mask=(rows < n_img)[:, None], other=0.0,
-                          cache_modifier=".cg")
-            acc = _dot_x(tl.trans(b_x), b_q, acc, SPLIT16, PARTS, XPREC)
-            if CORRECT:
-                q_sum += tl.sum(b_q, 0)
+            q_offs = rows[:, None] * LP + o_l[None, :]
+            if SPLIT16:
+                acc = _dot_parts(tl.trans(b_x), q16 + q_offs, qstride, (rows < n_img)[:, None], acc, PARTS)
+            else:
+                b_q = tl.load(q_img + q_offs, mask=(rows < n_img)[:, None], other=0.0, cache_modifier=".cg")
+                acc = tl.dot(tl.trans(b_x), b_q, acc, input_precision=XPREC)
         acc = acc * out_scale
         cols = d0 + o_d
         if CORRECT:
