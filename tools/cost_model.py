@@ -336,14 +336,14 @@ LOOP_MARKERS = {
     "stats: scan chunk": ("stats_and_sketch", "b_x = tl.load(x_img + rows[:, None] * sxn + (d0 + o_d)[None, :] * sxd"),
     "stats: sums + X Omega chunk": ("stats_and_sketch", "ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)"),
     "stats: row tile": ("stats_and_sketch", "tl.store(TSCAL + t * 4 + 1, ss)"),
-    # reduce (reduce_image)
+    # reduce (reduce_features)
     # (its two loops over the tiles' scalars run once per REDUCE_TILES tiles: counted with the task's
     # rest; ptxas lays the function's tail out between its loops, which the loop finder takes for
     # loops too, so the markers are statements that only the real loops hold)
-    "reduce: tile sums": ("reduce_image", "b_s = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :]"),
-    "reduce: tile deviations": ("reduce_image",
+    "reduce: tile sums": ("reduce_features", "b_s = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :]"),
+    "reduce: tile deviations": ("reduce_features",
                                 "b_m = tl.load(TSUM + t[:, None] * D + cols[None, :], mask=m_d[None, :], other=0.0,"),
-    "reduce: column chunk": ("reduce_image", "b_mu = total / tl.maximum(n_img, 1)"),
+    "reduce: column chunk": ("reduce_features", "b_mu = total / tl.maximum(n_img, 1)"),
     # fix Y (fix_sketch)
     "fix Y: row tile": ("fix_sketch", "tl.store(q_img + rows[:, None] * LP + o_l[None, :], y, mask=m_r[:, None])"),
     # Gram partial (gram_partial, inlined into fix_sketch, x_times_w, xt_times_q, apply_task)
@@ -483,7 +483,7 @@ def section_rest(section: Section, named: list[dict]) -> dict:
 
 # The SASS function (and the constexprs that pick its specialisation) of every stage kind.
 SECTIONS = {
-    K.K_GLOBAL: ("sketch_tile", {}), K.K_STATS: ("stats_and_sketch", {}), K.K_REDUCE: ("reduce_image", {}),
+    K.K_GLOBAL: ("sketch_tile", {}), K.K_STATS: ("stats_and_sketch", {}), K.K_REDUCE: ("reduce_features", {}),
     K.K_FIXY: ("fix_sketch", {}), K.K_CHOL: ("cholesky_factor", {}), K.K_APPLY: ("apply_task", {}),
     K.K_XTQ: ("xt_times_q", {"PARTS": 2}), K.K_XW: ("x_times_w", {}), K.K_Z: ("xt_times_q", {"PARTS": 3}),
     K.K_EIG: ("eigen_task", {}), K.K_SIGMA: ("sigma_partial", {}), K.K_BUDGET: ("budget_task", {}),
@@ -557,12 +557,13 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
                  token_bytes=span * d * elt, token_rereads=span * d * elt,
                  l2_bytes=tiles * d * lp * 4 + span * lp * 4 + tiles * d * 4, cuda_flops=8.0 * span * d,
                  **x_product(span, d, lp, 2))
-    elif kind == K.K_REDUCE:
-        ntiles, chunks = _cdiv(n, br), _cdiv(d, c["BD"])
+    elif kind == K.K_REDUCE:  # a group of ``span`` features (every task also reads the tiles' scalars)
+        ntiles, chunks = _cdiv(n, br), _cdiv(span, c["BD"])
         blocks = _cdiv(ntiles, tasks_module.REDUCE_TILES.value)  # tiles read REDUCE_TILES at a time
         w = Work([("reduce: tile sums", chunks * blocks), ("reduce: tile deviations", chunks * blocks),
                   ("reduce: column chunk", chunks)],
-                 l2_bytes=2 * ntiles * d * 4 + d * lp * 4 + d * 4, cuda_flops=2.0 * d * lp + 6.0 * ntiles * d)
+                 l2_bytes=2 * ntiles * span * 4 + span * lp * 4 + span * 4 + lp * 4,
+                 cuda_flops=2.0 * span * lp + 6.0 * ntiles * span)
     elif kind == K.K_FIXY:
         tiles = _cdiv(span, br)
         w = Work([("fix Y: row tile", tiles)], l2_bytes=2 * span * lp * 4, cuda_flops=2.0 * span * lp)

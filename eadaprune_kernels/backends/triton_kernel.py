@@ -32,7 +32,8 @@ launcher gives the interpreter JP = 1, and checks it: under the interpreter a wa
 raises).
 
 Per image (stage kinds, see :data:`STAGE_KINDS`): statistics + Y~ = X Omega (one pass over the tokens,
-each row tile scaled by its own power of two) -> reduce (scale, mean, exact centred energy, flags) ->
+each row tile scaled by its own power of two) -> reduce (per group of features: scale, flags, mean,
+and the partials of the exact centred energy and of mu^T Omega, which later tasks add in order) ->
 fix Y -> orth(Y) -> q x [W = X_c^T Q, orth(W), Q = X_c W, orth(Q)] -> Z = X_c^T Q with H = Z^T Z ->
 Jacobi -> sigma_j = ||Z v_j|| (partials) -> budget -> leverage -> selection -> gather. orth is shifted
 CholeskyQR: one pass for intermediate bases (their span is what matters), three for the final Q
@@ -74,8 +75,9 @@ from ..contract import ENERGY_SLACK, FLAT_RTOL, PipelineConfig
 from ..results import BudgetResult, PruneResult
 from .triton_interpreter import install_bf16_fix, install_device_call_fast_path
 from .triton_linalg import apply_task, cholesky_factor, eigen_task, jacobi_eigenvectors, wait_for
-from .triton_tasks import (budget_task, fix_sketch, gather_rows, leverage_rows, ragged_plan, reduce_image,
-                           select_rows, sigma_partial, sketch_tile, stats_and_sketch, x_times_w, xt_times_q)
+from .triton_tasks import (IMAGE_SCALARS, budget_task, fix_sketch, gather_rows, leverage_rows, ragged_plan,
+                           reduce_features, select_rows, sigma_partial, sketch_tile, stats_and_sketch, x_times_w,
+                           xt_times_q)
 
 __all__ = ["NAME", "MAX_SKETCH_SIZE", "run", "kernel_settings", "kernel_flags", "launch_grid",
            "programs_per_image", "stage_list", "launch_plan", "STAGE_KINDS"]
@@ -101,8 +103,8 @@ STAGE_KINDS = {
     K_BUDGET: "budget", K_LEV: "leverage", K_SELECT: "selection", K_GATHER: "gather",
 }
 _ROW_KINDS = (K_FIXY, K_XW, K_LEV, K_SELECT, K_GATHER)  # and K_STATS, whose groups are its own (STATS_TASKS)
-_FEATURE_KINDS = (K_XTQ, K_Z, K_SIGMA)
-_IMAGE_KINDS = (K_REDUCE, K_CHOL, K_EIG, K_BUDGET)
+_FEATURE_KINDS = (K_REDUCE, K_XTQ, K_Z, K_SIGMA)
+_IMAGE_KINDS = (K_CHOL, K_EIG, K_BUDGET)
 # The statistics stage's tasks per call, at most: its outputs are per row tile, so how many tiles a task
 # takes changes no bit, and each takes ceil(tiles / STATS_TASKS) of them (one at B = 1, N = 576: 18
 # programs instead of the 6 of the other row stages' groups, whose Gram partials fix their grouping);
@@ -166,7 +168,7 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
 def stage_list(power_iters: int, mid_passes: int, fin_passes: int, leverage: bool, select: bool) -> list:
     """The stages of one image, in order: (kind, side, gram) (see the module docstring). The kernel
     decodes the same sequence arithmetically (``_stage_info``); tests compare the two."""
-    stages = [(K_GLOBAL, 0, 0), (K_STATS, 0, 0), (K_REDUCE, 0, 0), (K_FIXY, 0, 1)]
+    stages = [(K_GLOBAL, 0, 0), (K_STATS, 0, 0), (K_REDUCE, 1, 0), (K_FIXY, 0, 1)]
 
     def orth(side, passes):
         out = []
@@ -266,9 +268,9 @@ def kernel_flags(*, dtype: torch.dtype, scores: bool, sketch: bool, budgets: boo
 def _stage_info(s, q, MID: tl.constexpr, FIN: tl.constexpr, LEVERAGE: tl.constexpr):
     """(kind, side, gram) of stage s of an image with q power iterations: :func:`stage_list` decoded
     arithmetically (K_* values as in the Python module)."""
-    # prefix: GLOBAL, STATS, REDUCE, FIXY (+ Gram)
+    # prefix: GLOBAL, STATS, REDUCE (over the features), FIXY (+ Gram)
     kind = s
-    side = s * 0
+    side = (s == 2).to(tl.int32)
     gram = (s == 3).to(tl.int32)
     u = s - 4
     py = tl.where(q == 0, FIN, MID)
@@ -313,7 +315,7 @@ def _task_axis(kind, side):
     _FEATURE_KINDS, the side of an apply stage, K_EIG."""
     # (K_* values as in the Python module: a jitted function reads no non-constexpr globals)
     rows = (kind == 3) | (kind == 7) | (kind >= 12) | ((kind == 5) & (side == 0))
-    feats = (kind == 6) | (kind == 8) | (kind == 10) | ((kind == 5) & (side == 1))
+    feats = (kind == 2) | (kind == 6) | (kind == 8) | (kind == 10) | ((kind == 5) & (side == 1))
     return kind == 1, rows, feats, kind == 9
 
 
@@ -362,14 +364,14 @@ def _image_rows(b, CU, N, GR, RAGGED: tl.constexpr):
 
 @triton.jit
 def _image_task(
-    stage, i, kind, side, gram, k_prev, s_prev,
+    stage, i, kind, side, gram, k_prev, s_prev, k_next,
     X, sxb, sxn, sxd,  # tokens [B, N, D], or packed [T, D] (RAGGED: sxb unused, N = T)
     CU,  # cu_seqlens [B + 1] int32/int64 (RAGGED), or None
     SC, scb, scn,  # scores [B, N] (or packed [T]) or None
     OM, som_d, som_l,  # a given sketch [D, l], or OMS (then the kernel draws Omega)
     OMS, QWS, WWS, PART, LWS,  # fp32 scratch: Omega [D, LP], Q [B*N | T, LP], W [B, D, LP], Grams, l x l
     P16, CSUM,  # 16-bit parts of Omega, Q and W (SPLIT16; the tokens' dtype), column-sum partials [B, PSLOTS, LP]
-    TSUM, TSCAL, IMGF, MU, CW,  # tile column sums [tiles, D], tile scalars (fp64), image scalars (fp64), mu, mu^T Omega
+    TSUM, TSCAL, IMGF, MU,  # tile column sums [tiles, D], tile scalars (fp64), image scalars + energy partials (fp64), mu
     SIGP, SIG2, RANKS, IMGI,  # sigma partials (fp64), sigma^2, ranks, (k*, budget, r) per image
     LEV, KEPT, KCNT, PLAN, CNT,  # leverage, kept flags, kept counts per group, ragged plan, counters (zeroed)
     SIG, ENERGY, BUDGET, SAT,  # [B, L] f32, [B] f32, [B] i32, [B] u8 (bool)
@@ -385,7 +387,8 @@ def _image_task(
     MAX_SWEEPS: tl.constexpr, MAX_WAITS: tl.constexpr,
     HAS_SKETCH: tl.constexpr, HAS_SCORES: tl.constexpr, HAS_BUDGETS: tl.constexpr, RAGGED: tl.constexpr,
 ):
-    """Ticket i of stage ``stage`` >= 1 (kind, side, gram; the previous stage's kind and side): decode
+    """Ticket i of stage ``stage`` >= 1 (kind, side, gram; the previous stage's kind and side, the next
+    stage's kind): decode
     the image b and its group g (the Jacobi: its program g of JP), wait for the image's previous
     stage, run the task (which counts itself done)."""
     LL = LP * LP
@@ -457,10 +460,9 @@ def _image_task(
         part_img = PART + b64 * PSLOTS * LL
         a_mat = LWS + b64 * 2 * LL
         m_mat = a_mat + LL
-        img_f64 = IMGF + b64 * 8
+        img_f64 = IMGF + b64 * (IMAGE_SCALARS + PSLOTS)
         imgi = IMGI + b64 * 4
         mu_img = MU + b64 * D
-        cw_img = CW + b64 * LP
         rows_per_group = tl.where(stats_kind, SR, GR)
         row0 = g * rows_per_group
         row1 = tl.minimum(row0 + rows_per_group, n_img)
@@ -474,22 +476,24 @@ def _image_task(
             stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, tile_g, OMS, P16, TSUM,
                              TSCAL, q_img, done, HAS_SCORES, CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, BR, BK)
         elif kind == 2:
-            reduce_image(TSUM, TSCAL, tile0, (n_img + BR - 1) // BR, n_img, D, l_img, OMS, mu_img, cw_img,
-                         img_f64, FLAT_RTOL, done, CENTER, IS_F64, LP, BR, BD)
+            reduce_features(TSUM, TSCAL, tile0, (n_img + BR - 1) // BR, n_img, D, col0, col1, l_img, OMS, P16,
+                            mu_img, csum_img + g * LP, img_f64, g, FLAT_RTOL, done, CENTER, IS_F64, SPLIT16, LP, BR,
+                            BD)
         elif kind == 3:
-            fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile_g, n_img, D, l_img, OMS, mu_img, img_f64, cw_img, part_g,
-                       done, CENTER, IS_F64, SPLIT16, PRESCALE16, LP, BR, CB, BK, SPREC)
+            fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile_g, n_img, D, l_img, OMS, mu_img, img_f64, csum_img, DG,
+                       part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, LP, BR, CB, BK, SPREC)
         elif kind == 4:
             cholesky_factor(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, FB, AB)
         elif kind == 5:
-            # the last pass leaves Q as 3 - side = 3 parts (Z = X_c^T Q takes 3, W = X_c^T Q 2) and its column
-            # sums, or W as 2 parts and its column sums weighted (side = 1) by mu (runtime values: one
-            # specialisation of the task for both sides)
+            # the last pass leaves Q as the parts its product takes (3 for Z = X_c^T Q, 2 for W = X_c^T Q) and
+            # their column sums, or W as 2 parts and their column sums weighted (side = 1) by mu (runtime
+            # values: one specialisation of the task for both sides)
+            nparts = tl.where(k_next == 8, 3, 2)
             if side == 0:
-                apply_task(q_img, row0, row1, a_mat, m_mat, part_g, gram, done, q16_img, q_stride, 3 - side, mu_img,
+                apply_task(q_img, row0, row1, a_mat, m_mat, part_g, gram, done, q16_img, q_stride, nparts, mu_img,
                            side, csum_img + g * LP, LP, AB, CB, BR, BK, SPREC, SPLIT16, CENTER)
             else:
-                apply_task(w_img, col0, col1, a_mat, m_mat, part_g, gram, done, w16_img, w_stride, 3 - side, mu_img,
+                apply_task(w_img, col0, col1, a_mat, m_mat, part_g, gram, done, w16_img, w_stride, nparts, mu_img,
                            side, csum_img + g * LP, LP, AB, CB, BD, BK, SPREC, SPLIT16, CENTER)
         elif kind == 6:
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16_img, q_stride, csum_img, ng_img,
@@ -514,7 +518,7 @@ def _image_task(
         elif kind == 12:
             leverage_rows(q_img, row0, row1, m_mat, RANKS + b64 * LP, imgi, LEV + start, done, LP, CB, BR, SPREC)
         elif kind == 13:
-            select_rows(sc_img, scn, LEV + start, KEPT + start, n_img, row0, row1, img_f64, imgi,
+            select_rows(sc_img, scn, LEV + start, KEPT + start, n_img, row0, row1, img_f64, DG, imgi,
                         KCNT + b64 * PSLOTS + g, done, HAS_SCORES, SC_F64, BS)
         else:
             gather_rows(b64, x_img, sxn, sxd, KEPT + start, KCNT + b64 * PSLOTS, g, row0, row1, OTOK, sotb,
@@ -537,7 +541,7 @@ def _eadaprune_kernel(
     OM, som_d, som_l,  # a given sketch [D, l], or OMS (then the kernel draws Omega)
     OMS, QWS, WWS, PART, LWS,  # fp32 scratch: Omega [D, LP], Q [B*N | T, LP], W [B, D, LP], Grams, l x l
     P16, CSUM,  # 16-bit parts of Omega, Q and W (SPLIT16; the tokens' dtype), column-sum partials [B, PSLOTS, LP]
-    TSUM, TSCAL, IMGF, MU, CW,  # tile column sums [tiles, D], tile scalars (fp64), image scalars (fp64), mu, mu^T Omega
+    TSUM, TSCAL, IMGF, MU,  # tile column sums [tiles, D], tile scalars (fp64), image scalars + energy partials (fp64), mu
     SIGP, SIG2, RANKS, IMGI,  # sigma partials (fp64), sigma^2, ranks, (k*, budget, r) per image
     LEV, KEPT, KCNT, PLAN, CNT,  # leverage, kept flags, kept counts per group, ragged plan, counters (zeroed)
     SIG, ENERGY, BUDGET, SAT,  # [B, L] f32, [B] f32, [B] i32, [B] u8 (bool)
@@ -568,6 +572,7 @@ def _eadaprune_kernel(
     side = tl.sum(tl.where(o_s == stage, sides, 0), 0).to(tl.int32)
     gram = tl.sum(tl.where(o_s == stage, grams, 0), 0).to(tl.int32)
     k_prev = tl.sum(tl.where(o_s == stage - 1, kinds, 0), 0).to(tl.int32)
+    k_next = tl.sum(tl.where(o_s == stage + 1, kinds, 0), 0).to(tl.int32)
     s_prev = tl.sum(tl.where(o_s == stage - 1, sides, 0), 0).to(tl.int32)
     stage = stage.to(tl.int32)
     if t < TOTAL:
@@ -578,9 +583,9 @@ def _eadaprune_kernel(
                 ragged_plan(CU, B, N, GR, SR, BR, NG_TOTAL, NS_TOTAL, PLAN, CNT, 128, 32)
         else:
             _image_task(
-                stage, i, kind, side, gram, k_prev, s_prev,
+                stage, i, kind, side, gram, k_prev, s_prev, k_next,
                 X, sxb, sxn, sxd, CU, SC, scb, scn, OM, som_d, som_l,
-                OMS, QWS, WWS, PART, LWS, P16, CSUM, TSUM, TSCAL, IMGF, MU, CW, SIGP, SIG2, RANKS, IMGI,
+                OMS, QWS, WWS, PART, LWS, P16, CSUM, TSUM, TSCAL, IMGF, MU, SIGP, SIG2, RANKS, IMGI,
                 LEV, KEPT, KCNT, PLAN, CNT, SIG, ENERGY, BUDGET, SAT, BIN,
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
@@ -638,8 +643,8 @@ def workspace_bytes(*, batch: int, n: int, d: int, settings: dict, plan: dict, r
     elt = torch.empty((), dtype=dtype).element_size()
     parts16 = elt * max(1, _parts16_elements(dtype, batch=batch, rows=rows, d=d, lp=lp))
     f32 = (d * lp + rows * lp + batch * d * lp + batch * slots * lp * lp + batch * 2 * lp * lp
-           + batch * slots * lp + plan["TILES"] * d + batch * d + 2 * batch * lp + rows)
-    f64 = plan["TILES"] * 4 + batch * 8 + batch * slots * lp
+           + batch * slots * lp + plan["TILES"] * d + batch * d + batch * lp + rows)
+    f64 = plan["TILES"] * 4 + batch * (IMAGE_SCALARS.value + slots) + batch * slots * lp
     # ranks, (k*, budget, r), kept flags, kept counts, the ragged plan, the counters
     i32 = batch * lp + 4 * batch + rows + batch * slots + plan_entries(batch, plan) + _C_IMAGES \
         + batch * len(plan["stages"]) + batch
@@ -690,9 +695,8 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
     csum = scratch(batch, slots, lp)
     tsum = scratch(max(plan["TILES"], 1), d)
     tscal = scratch(max(plan["TILES"], 1), 4, dtype=f64)
-    imgf = scratch(batch, 8, dtype=f64)
+    imgf = scratch(batch, IMAGE_SCALARS.value + slots, dtype=f64)
     mu = scratch(batch, d)
-    cw = scratch(batch, lp)
     sigp = scratch(batch, slots, lp, dtype=f64)
     sig2 = scratch(batch, lp)
     ranks = scratch(batch, lp, dtype=i32)
@@ -740,7 +744,7 @@ def _launch(tokens: torch.Tensor, scores: torch.Tensor | None, cfg: PipelineConf
             sc, *ssc,
             om, *som,
             oms, q_ws, w_ws, part, lws, p16, csum,
-            tsum, tscal, imgf, mu, cw,
+            tsum, tscal, imgf, mu,
             sigp, sig2, ranks, imgi,
             lev, kept, kcnt, plan_ws, counters,
             sigma, energy, budgets, saturated.view(torch.uint8),

@@ -83,6 +83,16 @@ def _dot_parts(b_x, ptrs, pstride, mask, acc, PARTS: tl.constexpr):
 
 
 @triton.jit
+def _summed_partials(csum, nsums, LP: tl.constexpr):
+    """The sum of the ``nsums`` rows of csum [nsums, LP] (fp32), in row order."""
+    o_l = tl.arange(0, LP)
+    acc = tl.zeros([LP], dtype=tl.float32)
+    for p in range(nsums):
+        acc += tl.load(csum + p * LP + o_l, cache_modifier=".cg")
+    return acc
+
+
+@triton.jit
 def _x_operand(x_img, sxn, sxd, mu_img, r0, d0, n_img, D, inv, bad,
                CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
                BN: tl.constexpr, BD: tl.constexpr):
@@ -113,24 +123,41 @@ def _x_operand(x_img, sxn, sxd, mu_img, r0, d0, n_img, D, inv, bad,
         return tl.where(m_x, b_x, 0.0)
 
 
+# The image's fp64 scalars (IMGF [B, IMAGE_SCALARS + PSLOTS]), written by the reduce tasks (task 0 the
+# first six, task g its partial of the centred energy at IMAGE_SCALARS + g):
+# (1/s, s, E without the partials, raw energy, FLAT_RTOL x raw energy, bad, -, -, partials...).
+IMAGE_SCALARS = tl.constexpr(8)
+
+
 @triton.jit
 def _image_scalars(img_f64):
-    """(1/s, s, E, raw energy, flat, bad) of an image, as the reduce task stored them (fp64)."""
+    """(1/s, s, bad) of an image (fp64 1/s and s)."""
     inv = tl.load(img_f64 + 0, cache_modifier=".cg")
     scale = tl.load(img_f64 + 1, cache_modifier=".cg")
-    energy = tl.load(img_f64 + 2, cache_modifier=".cg")
-    raw = tl.load(img_f64 + 3, cache_modifier=".cg")
     # flags are stored as 0.0 / 1.0; compared as ints (the interpreter cannot AND an fp64 comparison)
-    flat = tl.load(img_f64 + 4, cache_modifier=".cg").to(tl.int32) != 0
     bad = tl.load(img_f64 + 5, cache_modifier=".cg").to(tl.int32) != 0
-    return inv, scale, energy, raw, flat, bad
+    return inv, scale, bad
+
+
+@triton.jit
+def _image_energy(img_f64, nparts):
+    """(E, raw energy, flat) of an image (fp64 energies): E = the stored part plus the ``nparts``
+    reduce tasks' partials of sum_t n_t ||m_t - mu||^2 (their features), added in task order; flat:
+    E <= FLAT_RTOL x raw."""
+    energy = tl.load(img_f64 + 2, cache_modifier=".cg")
+    for p in range(nparts):
+        energy += tl.load(img_f64 + IMAGE_SCALARS + p, cache_modifier=".cg")
+    raw = tl.load(img_f64 + 3, cache_modifier=".cg")
+    # as an int comparison (the interpreter cannot AND an fp64 comparison)
+    flat = (energy <= tl.load(img_f64 + 4, cache_modifier=".cg")).to(tl.int32) != 0
+    return energy, raw, flat
 
 
 @triton.jit
 def product_scales(img_f64, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr):
     """(inv, out_scale, bad) for the products: float16 products use the unscaled tokens and scale
     their results by 1/s instead (out_scale); the others take the scaled tokens (out_scale 1)."""
-    inv, scale, energy, raw, flat, bad = _image_scalars(img_f64)
+    inv, scale, bad = _image_scalars(img_f64)
     if IS_F64:
         inv_x = inv
     else:
@@ -318,13 +345,21 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
 
 
 @triton.jit(noinline=True)
-def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_img, img_f64, FLAT_RTOL, done,
-                 CENTER: tl.constexpr, IS_F64: tl.constexpr, LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    """The image's power of two s (from the tiles' max |x|), whether it holds NaN/Inf (``bad``), its
-    mean mu (scaled by 1/s), exact centred energy E = sum_t [SS_t + n_t ||m_t - mu||^2] (Chan et al.;
-    the tiles' statistics rescaled by s_t / s, exact powers of two), raw energy, flatness and
-    c = mu^T Omega (the rank-1 correction of the sketch product). img_f64 = (1/s, s, E, raw, flat, bad).
-    A bad image gets mu = 0 (its products are zero; its outputs are NaN-marked by the budget task)."""
+def reduce_features(TSUM, TSCAL, tile0, ntiles, n_img, D, col0, col1, l_img, OMS, om16, mu_img, csum, img_f64, g,
+                    FLAT_RTOL, done, CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr,
+                    LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """Task g of an image's reduce stage, features [col0, col1): the image's power of two s (from the
+    tiles' max |x|) and whether it holds NaN/Inf (``bad``), its mean mu (scaled by 1/s) on these
+    features, and their share of the exact centred energy E = sum_t [SS_t + n_t ||m_t - mu||^2]
+    (Chan et al.; the tiles' statistics rescaled by s_t / s, exact powers of two) and of
+    c = mu^T Omega (the rank-1 correction of the sketch product; SPLIT16: of the Omega its two 16-bit
+    parts stand for, the operand the product took: see triton_linalg.product_operand).
+
+    Every task computes s, bad, sum_t SS_t and the raw energy from the tiles' scalars (the same numbers
+    in each); task 0 stores them (img_f64, see IMAGE_SCALARS), task g its energy partial at
+    img_f64[IMAGE_SCALARS + g] and its c partial at csum [LP] (summed in task order by _image_energy
+    and fix_sketch). A bad image gets mu = 0 (its products are zero; its outputs are NaN-marked by the
+    budget task). Without centring E is the raw energy and c = 0."""
     KT: tl.constexpr = REDUCE_TILES
     o_t = tl.arange(0, KT)
     o_d = tl.arange(0, BD)
@@ -355,9 +390,9 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
     raw = tl.sum(raw, 0)
     cross = tl.cast(0.0, tl.float64)
     c_om = tl.zeros([LP], dtype=tl.float32)
-    for d0 in range(0, D, BD):
+    for d0 in range(col0, col1, BD):
         cols = d0 + o_d
-        m_d = cols < D
+        m_d = cols < col1
         total = tl.zeros([BD], dtype=tl.float32)
         for k0 in range(0, ntiles, KT):
             m_t, t = _tile_block(tile0, k0, ntiles, KT)
@@ -375,39 +410,49 @@ def reduce_image(TSUM, TSCAL, tile0, ntiles, n_img, D, l_img, OMS, mu_img, cw_im
                           cache_modifier=".cg") * ratio[:, None] / n_k[:, None]
             b_dev = tl.where(m_t[:, None] & m_d[None, :], b_m - b_mu[None, :], 0.0)
             cross += tl.sum((n_k * tl.sum(b_dev * b_dev, 1)).to(tl.float64), 0)
-        b_om = tl.load(OMS + cols[:, None] * LP + o_l[None, :], mask=m_d[:, None] & (o_l[None, :] < l_img),
-                       other=0.0, cache_modifier=".cg")
+        om_offs = cols[:, None] * LP + o_l[None, :]
+        m_om = m_d[:, None] & (o_l[None, :] < l_img)
+        if SPLIT16:  # the two parts' sum is exact in fp32
+            b_om = (tl.load(om16 + om_offs, mask=m_om, other=0.0, cache_modifier=".cg").to(tl.float32)
+                    + tl.load(om16 + D * LP + om_offs, mask=m_om, other=0.0, cache_modifier=".cg").to(tl.float32))
+        else:
+            b_om = tl.load(OMS + om_offs, mask=m_om, other=0.0, cache_modifier=".cg")
         c_om += tl.sum(b_mu[:, None] * b_om, 0)
     if CENTER:
-        energy = ss + cross
+        energy = ss
     else:
         energy = raw
+        cross = tl.cast(0.0, tl.float64)
         c_om = tl.zeros([LP], dtype=tl.float32)
-    tl.store(cw_img + o_l, c_om)
-    flat = energy <= FLAT_RTOL * raw
-    tl.store(img_f64 + 0, inv.to(tl.float64))
-    tl.store(img_f64 + 1, scale.to(tl.float64))
-    tl.store(img_f64 + 2, energy)
-    tl.store(img_f64 + 3, raw)
-    tl.store(img_f64 + 4, flat.to(tl.float64))
-    tl.store(img_f64 + 5, bad)
+    tl.store(csum + o_l, c_om)
+    tl.store(img_f64 + IMAGE_SCALARS + g, cross)
+    if g == 0:
+        tl.store(img_f64 + 0, inv.to(tl.float64))
+        tl.store(img_f64 + 1, scale.to(tl.float64))
+        tl.store(img_f64 + 2, energy)
+        tl.store(img_f64 + 3, raw)
+        tl.store(img_f64 + 4, FLAT_RTOL * raw)
+        tl.store(img_f64 + 5, bad)
     count_done(done)
 
 
 @triton.jit(noinline=True)
-def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_img, img_f64, cw_img, part, done,
+def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_img, img_f64, csum, nsums, part,
+               done,
                CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
                LP: tl.constexpr, BR: tl.constexpr, CB: tl.constexpr, BK: tl.constexpr, SPREC: tl.constexpr):
     """Y = Y~_t * f_t - 1 c_t^T for the rows [row0, row1): f_t = s_t / s (the tile's scale to the
     image's; float16: 1/s, its Y~ used the unscaled tokens); c_t = mu^T Omega for the 16-bit products
     (un-centred), c_t = (mu - f_t m_t)^T Omega for the others (their Y~ is centred on the tile's own
-    mean m_t, see stats_and_sketch); zero for a bad image. Then the rows' Gram partial (the first
+    mean m_t, see stats_and_sketch; the 16-bit c is the sum of the ``nsums`` reduce tasks' partials
+    at csum [nsums, LP], in task order); zero for a bad image. Then the rows' Gram partial (the first
     CholeskyQR pass)."""
     o_r = tl.arange(0, BR)
     o_l = tl.arange(0, LP)
     o_k = tl.arange(0, BK)
-    inv, scale, energy, raw, flat, bad = _image_scalars(img_f64)
-    c_om = tl.load(cw_img + o_l, cache_modifier=".cg")
+    inv, scale, bad = _image_scalars(img_f64)
+    if SPLIT16 and CENTER:
+        c_om = _summed_partials(csum, nsums, LP)
     for r0 in range(row0, row1, BR):
         t = tile0 + (r0 - row0) // BR
         rows = r0 + o_r
@@ -440,16 +485,6 @@ def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_i
 
 
 # ---- products with X ------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _summed_partials(csum, nsums, LP: tl.constexpr):
-    """The sum of the ``nsums`` rows of csum [nsums, LP] (fp32), in row order."""
-    o_l = tl.arange(0, LP)
-    acc = tl.zeros([LP], dtype=tl.float32)
-    for p in range(nsums):
-        acc += tl.load(csum + p * LP + o_l, cache_modifier=".cg")
-    return acc
 
 
 @triton.jit(noinline=True)
@@ -575,7 +610,8 @@ def budget_task(b, sigp_img, nparts, img_f64, sig2_img, rank_img, imgi, BIN, SIG
     r = min(k*, l_img)). With SELECT it also writes the mask and the padding (slots >= budget: index -1,
     zero rows). Rows of RB of the [LP, LP] comparisons at a time."""
     o = tl.arange(0, LP)
-    inv, scale, energy64, raw, flat, bad = _image_scalars(img_f64)
+    inv, scale, bad = _image_scalars(img_f64)
+    energy64, raw, flat = _image_energy(img_f64, nparts)
     s2 = tl.zeros([LP], dtype=tl.float64)
     for p in range(nparts):
         s2 += tl.load(sigp_img + p * LP + o, cache_modifier=".cg")
@@ -690,12 +726,13 @@ def _selection_scores(sc_img, scn, lev_img, o, m, flat, bad, HAS_SCORES: tl.cons
 
 
 @triton.jit(noinline=True)
-def select_rows(sc_img, scn, lev_img, kept_img, n_img, row0, row1, img_f64, imgi, kcnt, done,
+def select_rows(sc_img, scn, lev_img, kept_img, n_img, row0, row1, img_f64, nparts, imgi, kcnt, done,
                 HAS_SCORES: tl.constexpr, SC_F64: tl.constexpr, BS: tl.constexpr):
     """Tokens [row0, row1) of the image: kept iff fewer than ``budget`` tokens of the whole image beat
     it (a greater score, or an equal one at a lower index); kept flags into kept_img, their count
     into kcnt."""
-    inv, scale, energy, raw, flat, bad = _image_scalars(img_f64)
+    inv, scale, bad = _image_scalars(img_f64)
+    energy, raw, flat = _image_energy(img_f64, nparts)
     budget = tl.load(imgi + 1, cache_modifier=".cg")
     o_s = tl.arange(0, BS)
     count = 0
