@@ -366,10 +366,9 @@ LOOP_MARKERS = {
                           "y = tl.load(ws + rows[:, None] * LP + o_l[None, :], mask=m, other=0.0, cache_modifier=\".cg\")"),
     "apply: split part": ("store_parts", "tl.store(ptrs + p * pstride, part, mask=mask)"),
     # products with X
-    # (the chunk loops of both products: the X tile's load, in the inlined _x_operand)
-    "X W: chunk": ("_x_operand", "b_x = tl.load(x_img + o_n[:, None] * sxn + o_d[None, :] * sxd, mask=m_x, other=0.0)"),
+    "X W: chunk": ("x_times_w", "acc = _dot_operand(b_x, w_img + w_offs, w16 + w_offs, wstride, (cols < D)[:, None]"),
     "X W: row tile": ("x_times_w", "tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=(rows < row1)[:, None])"),
-    "X^T Q: chunk": ("_x_operand", "b_x = tl.load(x_img + o_n[:, None] * sxn + o_d[None, :] * sxd, mask=m_x, other=0.0)"),
+    "X^T Q: chunk": ("xt_times_q", "acc = _dot_operand(tl.trans(b_x), q_img + q_offs, q16 + q_offs, qstride,"),
     "X^T Q: feature tile": ("xt_times_q",
                             "tl.store(w_img + cols[:, None] * LP + o_l[None, :], acc, mask=(cols < col1)[:, None])"),
     # Jacobi (eigen_task: _symmetric_sum, jacobi_eigenvectors)

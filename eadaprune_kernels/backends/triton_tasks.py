@@ -7,7 +7,7 @@ Every task works on one image: a group of row tiles (BR rows each) or of feature
 each), or the whole image for the per-image steps. Scratch written by one task and read by another
 goes through global memory (L2) and is read with ``cache_modifier=".cg"``.
 
-The products with X (see :func:`_dot_parts`): float16 / bfloat16 tokens stay exact in their dtype and
+The products with X (see :func:`_dot_operand`): float16 / bfloat16 tokens stay exact in their dtype and
 the fp32 operand is taken as 16-bit parts, each rounded to nearest (two MMAs, ~2^-17 relative; three
 for Z = X_c^T Q, which gives the spectrum: ~2^-25), split once by the task that produced it (Omega:
 :func:`sketch_tile`; Q and W: the last CholeskyQR pass, ``triton_linalg.product_operand``), not by
@@ -72,13 +72,18 @@ def _tile_block(tile0, k0, ntiles, KT: tl.constexpr):
 
 
 @triton.jit
-def _dot_parts(b_x, ptrs, pstride, mask, acc, PARTS: tl.constexpr):
-    """acc + b_x @ F for a 16-bit tile of X (or its transpose), exact in its dtype, and an fp32 tile F
-    (Omega, Q or W) stored as 16-bit parts at ptrs + p * pstride (``triton_linalg.store_parts``):
-    PARTS 16-bit MMAs with exact products and fp32 sums. (float32 / float64 tokens: one 3xTF32 product
-    of fp32 tiles instead, XPREC.)"""
-    for p in tl.static_range(PARTS):
-        acc = tl.dot(b_x, tl.load(ptrs + p * pstride, mask=mask, other=0.0, cache_modifier=".cg"), acc)
+def _dot_operand(b_x, f32_ptrs, p16_ptrs, pstride, mask, acc, SPLIT16: tl.constexpr, PARTS: tl.constexpr,
+                 XPREC: tl.constexpr):
+    """acc + b_x @ F for a tile of X (or its transpose) and a tile F of Omega, Q or W (rows masked by
+    ``mask``). SPLIT16: b_x is exact in its 16-bit dtype and F is read as its first PARTS 16-bit parts
+    at p16_ptrs + p * pstride (``triton_linalg.store_parts``): PARTS 16-bit MMAs with exact products
+    and fp32 sums. Otherwise F is read in fp32 at f32_ptrs and multiplied in XPREC ("tf32x3": about
+    fp32 accuracy)."""
+    if SPLIT16:
+        for p in tl.static_range(PARTS):
+            acc = tl.dot(b_x, tl.load(p16_ptrs + p * pstride, mask=mask, other=0.0, cache_modifier=".cg"), acc)
+    else:
+        acc = tl.dot(b_x, tl.load(f32_ptrs, mask=mask, other=0.0, cache_modifier=".cg"), acc, input_precision=XPREC)
     return acc
 
 
@@ -319,21 +324,19 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
             ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)
             raw += tl.sum(tl.sum(b_x * b_x, 1), 0).to(tl.float64)
             # whole rows of Omega (vector loads); its columns from l_img on are zeroed in Y below
-            om_offs = cols[:, None] * LP + o_l[None, :]
             if SPLIT16:
                 if PRESCALE16:
                     b_op = (b_raw.to(tl.float32) * inv_t).to(b_raw.dtype)
                 else:
                     b_op = b_raw
                 b_op = tl.where(m_x, b_op, tl.zeros_like(b_op))
-                acc = _dot_parts(b_op, om16 + om_offs, D * LP, (cols < D)[:, None], acc, 2)
+            elif CENTER:
+                b_op = b_c
             else:
-                b_om = tl.load(OMS + om_offs, mask=(cols < D)[:, None], other=0.0, cache_modifier=".cg")
-                if CENTER:
-                    b_op = b_c
-                else:
-                    b_op = b_x
-                acc = tl.dot(b_op, b_om, acc, input_precision=XPREC)
+                b_op = b_x
+            om_offs = cols[:, None] * LP + o_l[None, :]
+            acc = _dot_operand(b_op, OMS + om_offs, om16 + om_offs, D * LP, (cols < D)[:, None], acc, SPLIT16, 2,
+                               XPREC)
         # column j of Y~ is X Omega[:, j]: the image's l_img columns, exact zeros past them
         acc = tl.where(o_l[None, :] < l_img, acc, 0.0)
         tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=m_r[:, None])
@@ -517,11 +520,7 @@ def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, w16, wstride
             b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, row1, D, inv, bad, CENTER, IS_F64, SPLIT16,
                              PRESCALE16, BR, BK)
             w_offs = cols[:, None] * LP + o_l[None, :]
-            if SPLIT16:
-                acc = _dot_parts(b_x, w16 + w_offs, wstride, (cols < D)[:, None], acc, 2)
-            else:
-                b_w = tl.load(w_img + w_offs, mask=(cols < D)[:, None], other=0.0, cache_modifier=".cg")
-                acc = tl.dot(b_x, b_w, acc, input_precision=XPREC)
+            acc = _dot_operand(b_x, w_img + w_offs, w16 + w_offs, wstride, (cols < D)[:, None], acc, SPLIT16, 2, XPREC)
         acc = acc * out_scale
         if CORRECT:
             acc = acc - mu_w[None, :]
@@ -539,7 +538,7 @@ def xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16, qstrid
                CB: tl.constexpr, SPREC: tl.constexpr):
     """W rows [col0, col1) = X_c^T Q (Q [n_img, LP] fp32 scratch), each feature tile reduced over all
     of the image's rows in chunks of BK. SPLIT16: out_scale * (X^T Q) - mu (1^T Q), Q read as its
-    first PARTS 16-bit parts (q16, part stride ``qstride``; :func:`_dot_parts`), 1^T Q the sum of the
+    first PARTS 16-bit parts (q16, part stride ``qstride``; :func:`_dot_operand`), 1^T Q the sum of the
     ``nsums`` group partials at csum [nsums, LP] in group order (both left by the last CholeskyQR pass
     of Q). Then the Gram partial of those rows (Z's: H = Z^T Z)."""
     inv, out_scale, bad = product_scales(img_f64, IS_F64, SPLIT16, PRESCALE16)
@@ -556,11 +555,8 @@ def xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16, qstrid
             b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, n_img, col1, inv, bad, CENTER, IS_F64, SPLIT16,
                              PRESCALE16, BK, BD)
             q_offs = rows[:, None] * LP + o_l[None, :]
-            if SPLIT16:
-                acc = _dot_parts(tl.trans(b_x), q16 + q_offs, qstride, (rows < n_img)[:, None], acc, PARTS)
-            else:
-                b_q = tl.load(q_img + q_offs, mask=(rows < n_img)[:, None], other=0.0, cache_modifier=".cg")
-                acc = tl.dot(tl.trans(b_x), b_q, acc, input_precision=XPREC)
+            acc = _dot_operand(tl.trans(b_x), q_img + q_offs, q16 + q_offs, qstride, (rows < n_img)[:, None], acc,
+                               SPLIT16, PARTS, XPREC)
         acc = acc * out_scale
         cols = d0 + o_d
         if CORRECT:
