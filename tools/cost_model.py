@@ -353,7 +353,7 @@ LOOP_MARKERS = {
     "Cholesky: partial sums": ("_summed_rows", "acc = (((acc + g0) + g1) + g2) + g3"),
     "Cholesky: step": ("_chol_small", "A = A - low_r[:, None] * low_c[None, :]"),
     "Cholesky: block column": ("cholesky_factor", "tl.store(col, l_col, mask=below)"),
-    "Cholesky: trailing row": ("cholesky_factor", "a_row = a_row - tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(l_col)"),
+    "Cholesky: trailing window": ("cholesky_factor", "a_w = a_w - tl.dot(l_ik, tl.trans(l_jk), input_precision=CHOL_PREC)"),
     "Cholesky: diagonal inverse": ("cholesky_factor",
                                    "acc = tl.dot(_load_block(amat, i, k, LP, FB), _load_block(mmat, k, j, LP, FB), acc,"),
     # solve with L^T (solve_transpose in apply_task)
@@ -579,9 +579,12 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         blocks = (nparts + 1) * pairs  # the partials read, G written
         blocks += sum(2 + 2 * (nb - k - 1) + sum(2 * (i - k) + 1 for i in range(k + 1, nb)) for k in range(nb))
         blocks += 3 * m_terms + nb * (r - 1)  # M's blocks inside the diagonal blocks, the zeros above them
+        tw = lp // 2 if lp > cb else cb  # the trailing update's column window
+        windows = sum(_cdiv((i - k) * cb, tw) for k in range(nb) for i in range(k + 1, nb))
         w = Work([("Cholesky: partial sums", nb * _cdiv(nparts, 4)),
                   ("Cholesky: step", nb * cb), ("Cholesky: block column", nb),
-                  ("Cholesky: trailing row", panels), ("Cholesky: diagonal inverse", m_terms)],
+                  ("Cholesky: trailing window", windows),
+                  ("Cholesky: diagonal inverse", m_terms)],
                  l2_bytes=blocks * cb * cb * 4,  # block products in fp32 on the CUDA cores, like the steps
                  cuda_flops=2.0 * cb ** 3 * (panels + trailing + 2 * m_terms) + 4.0 * cb ** 3 * nb)
     elif kind == K.K_APPLY:

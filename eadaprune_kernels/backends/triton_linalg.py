@@ -236,8 +236,13 @@ def cholesky_factor(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.con
     (tests/test_triton_numerics.py, the N = 2880 batch).
     """
     NB: tl.constexpr = LP // FB
+    # the trailing update's column window: half the width (a block row's update spans (i - k) FB
+    # columns: at LP = 128 one 64-wide window for i - k <= 4, two beyond: 34 windows of 64 instead of
+    # 28 rows of 128)
+    TW: tl.constexpr = LP // 2 if LP > FB else FB
     o = tl.arange(0, FB)
     o_l = tl.arange(0, LP)
+    o_w = tl.arange(0, TW)
     dmax = tl.zeros([FB], dtype=tl.float32)
     for i in range(NB):  # block row i of G (its lower blocks), the partials summed
         rows = i * FB + o
@@ -259,10 +264,16 @@ def cholesky_factor(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.con
         tl.debug_barrier()
         for i in range(k + 1, NB):  # block row i of the trailing update: A_ij -= L_ik L_jk^T, k < j <= i
             rows = i * FB + o
-            trailing = ((o_l >= k * FB + FB) & (o_l < i * FB + FB))[None, :]
-            a_row = tl.load(amat + rows[:, None] * LP + o_l[None, :], mask=trailing, other=0.0, cache_modifier=".cg")
-            a_row = a_row - tl.dot(_load_block(amat, i, k, LP, FB), tl.trans(l_col), input_precision=CHOL_PREC)
-            tl.store(amat + rows[:, None] * LP + o_l[None, :], a_row, mask=trailing)
+            l_ik = tl.load(amat + rows[:, None] * LP + k * FB + o[None, :], cache_modifier=".cg")  # [FB, FB]
+            for c0 in range(k * FB + FB, i * FB + FB, TW):  # its columns, TW at a time (not all LP)
+                cols = c0 + o_w
+                m_c = cols < i * FB + FB
+                l_jk = tl.load(amat + cols[:, None] * LP + k * FB + o[None, :], mask=m_c[:, None], other=0.0,
+                               cache_modifier=".cg")  # [TW, FB]: L_jk for the window's rows j of the panel
+                a_w = tl.load(amat + rows[:, None] * LP + cols[None, :], mask=m_c[None, :], other=0.0,
+                              cache_modifier=".cg")
+                a_w = a_w - tl.dot(l_ik, tl.trans(l_jk), input_precision=CHOL_PREC)
+                tl.store(amat + rows[:, None] * LP + cols[None, :], a_w, mask=m_c[None, :])
         tl.debug_barrier()
     R: tl.constexpr = AB // FB  # FB blocks per side of an AB x AB diagonal block
     for i in range(NB):  # M_ij = -M_ii sum_{k=j}^{i-1} L_ik M_kj inside the AB diagonal blocks, 0 above them
