@@ -375,7 +375,7 @@ def _image_task(
     OM, som_d, som_l,  # a given sketch [D, l], or OMS (then the kernel draws Omega)
     OMS, QWS, WWS, PART, LWS,  # fp32 scratch: Omega [D, LP], Q [B*N | T, LP], W [B, D, LP], Grams, l x l
     P16, CSUM,  # 16-bit parts of Omega, Q and W (SPLIT16; the tokens' dtype), column-sum partials [B, PSLOTS, LP]
-    TSUM, TSCAL, IMGF, MU,  # tile column sums [tiles, D], tile scalars (fp64), image scalars + energy partials (fp64), mu
+    TSUM, TSCAL, IMGF, MU,  # tile column sums [tiles, D], tile scalars, image scalars + energy partials (fp64), mu
     SIGP, SIG2, RANKS, IMGI,  # sigma partials (fp64), sigma^2, ranks, (k*, budget, r) per image
     LEV, KEPT, KCNT, PLAN, CNT,  # leverage, kept flags, kept counts per group, ragged plan, counters (zeroed)
     SIG, ENERGY, BUDGET, SAT,  # [B, L] f32, [B] f32, [B] i32, [B] u8 (bool)
@@ -545,7 +545,7 @@ def _eadaprune_kernel(
     OM, som_d, som_l,  # a given sketch [D, l], or OMS (then the kernel draws Omega)
     OMS, QWS, WWS, PART, LWS,  # fp32 scratch: Omega [D, LP], Q [B*N | T, LP], W [B, D, LP], Grams, l x l
     P16, CSUM,  # 16-bit parts of Omega, Q and W (SPLIT16; the tokens' dtype), column-sum partials [B, PSLOTS, LP]
-    TSUM, TSCAL, IMGF, MU,  # tile column sums [tiles, D], tile scalars (fp64), image scalars + energy partials (fp64), mu
+    TSUM, TSCAL, IMGF, MU,  # tile column sums [tiles, D], tile scalars, image scalars + energy partials (fp64), mu
     SIGP, SIG2, RANKS, IMGI,  # sigma partials (fp64), sigma^2, ranks, (k*, budget, r) per image
     LEV, KEPT, KCNT, PLAN, CNT,  # leverage, kept flags, kept counts per group, ragged plan, counters (zeroed)
     SIG, ENERGY, BUDGET, SAT,  # [B, L] f32, [B] f32, [B] i32, [B] u8 (bool)

@@ -13,7 +13,8 @@ for Z = X_c^T Q, which gives the spectrum: ~2^-25), split once by the task that 
 :func:`sketch_tile`; Q and W: the last CholeskyQR pass, ``triton_linalg.product_operand``), not by
 every task that reads it; the mean enters as a rank-1 correction whose column sums (1^T Q, mu^T W)
 the same pass leaves per group. float32 tokens (and float64 ones, scaled in fp64 and rounded) are
-centred in fp32 registers and multiplied in 3xTF32. Never plain TF32, which truncates fp32 operands on sm_90 (every sigma ~7e-4 low).
+centred in fp32 registers and multiplied in 3xTF32. Never plain TF32, which truncates fp32 operands on
+sm_90 (every sigma ~7e-4 low).
 The first product, Y = X Omega, is formed in the statistics pass before the mean and the scale are
 known: each tile is scaled by its own power of two (exact) and Y = Y~ * (s_tile / s) - 1 (mu^T Omega)
 is fixed afterwards (:func:`fix_sketch`), for every dtype.
