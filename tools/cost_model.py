@@ -384,7 +384,7 @@ LOOP_MARKERS = {
     "sigma: Z V chunk": ("sigma_partial", "b_zv = tl.dot(b_z, b_v, b_zv, input_precision=SPREC)"),
     "sigma: feature tile": ("sigma_partial", "acc += tl.sum(b_zv * b_zv, 0).to(tl.float64)"),
     # budget (budget_task)
-    "budget: partial sums": ("budget_task", "s2 += tl.load(sigp_img + p * LP + o, cache_modifier=\".cg\")"),
+    "budget: partial sums": ("_summed_partials", "acc += tl.load(rows + p * LP + o_l, cache_modifier=\".cg\")"),
     "budget: ranks": ("budget_task", "tl.store(rank_img + rows, tl.sum(beats.to(tl.int32), 1))"),
     "budget: cumulative energy": ("budget_task", "n_reached += tl.sum(reached.to(tl.int32), 0)"),
     "budget: padding chunk": ("budget_task", "tl.store(out_tok + o_p[:, None] * sotm + cols[None, :] * sotd, zeros,"),
@@ -524,10 +524,12 @@ def _cdiv(a, b):
     return -(-int(a) // int(b))
 
 
-def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, sec: Section, sweeps: float) -> Work:
+def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, sec: Section, sweeps: float,
+              next_kind: int | None = None) -> Work:
     """The work of one task of a stage of ``kind`` over ``span`` rows (side 0) or features (side 1) of an
     image (per-image kinds: span unused), from the tiling ``s`` (kernel_settings and launch_plan) and
-    the task's SASS specialisation ``sec`` (its constexprs)."""
+    the task's SASS specialisation ``sec`` (its constexprs); ``next_kind`` the image's next stage (the last
+    CholeskyQR pass leaves its basis as the parts that stage's product takes)."""
     n, d, elt, kept, m_out = shape["n"], shape["d"], shape["elt"], shape["kept"], shape["m"]
     lp, cb, br, bd, bk = s["LP"], s["CB"], s["BR"], s["BD"], s["BK"]
     nb = lp // cb
@@ -579,7 +581,7 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         blocks = (nparts + 1) * pairs  # the partials read, G written
         blocks += sum(2 + 2 * (nb - k - 1) + sum(2 * (i - k) + 1 for i in range(k + 1, nb)) for k in range(nb))
         blocks += 3 * m_terms + nb * (r - 1)  # M's blocks inside the diagonal blocks, the zeros above them
-        tw = lp // 2 if lp > cb else cb  # the trailing update's column window
+        tw = s["TW"]  # the trailing update's column window
         windows = sum(_cdiv((i - k) * cb, tw) for k in range(nb) for i in range(k + 1, nb))
         w = Work([("Cholesky: partial sums", nb * _cdiv(nparts, 4)),
                   ("Cholesky: step", nb * cb), ("Cholesky: block column", nb),
@@ -598,8 +600,8 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
                  tf32_flops=3 * 2.0 * span * ab * ab * apairs)
         if gram:
             w.add(gram_part(span))
-        elif split16:  # the last pass: the rows' 16-bit parts (Q 3, W 2) and weighted column sums
-            nparts = 3 if side == 0 else 2
+        elif split16:  # the last pass: the basis' 16-bit parts (3 before Z = X_c^T Q, else 2) and column sums
+            nparts = 3 if next_kind == K.K_Z else 2
             stiles = _cdiv(span, c.get("BR", tile))
             w.add(Work([("apply: split rows", stiles), ("apply: split part", stiles * nparts)],
                        l2_bytes=span * lp * (4 + 2 * nparts) + span * 4 + lp * 4,
@@ -778,7 +780,8 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
     tokens_fit_l2 = batch * n * d * elt <= H200["l2_bytes"]
     token_passes = 0
     rows = []
-    for (kind, side, gram), count in zip(plan["stages"], plan["counts"]):
+    next_kinds = [stage[0] for stage in plan["stages"][1:]] + [None]
+    for (kind, side, gram), count, next_kind in zip(plan["stages"], plan["counts"], next_kinds):
         fn, filt = SECTIONS[kind]
         sec = find_section(var.sections, fn, filt)
         # the tasks of ONE image (the call-wide stage: all its tasks, shared by the batch)
@@ -794,7 +797,7 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
             spans = [min(plan["GR"], n - g * plan["GR"]) for g in range(plan["NG"])]
         else:
             spans = [min(plan["GD"], d - g * plan["GD"]) for g in range(plan["DG"])]
-        works = [task_work(kind, side, gram, sp, shape, s, sec, sweeps) for sp in spans]
+        works = [task_work(kind, side, gram, sp, shape, s, sec, sweeps, next_kind) for sp in spans]
         image = Work()
         for w in works:
             image.add(dataclasses.replace(w, loops=[]))

@@ -130,7 +130,9 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
     LP = the padded sketch width; BR / BD rows / features per tile (a [BR, LP] fp32 accumulator is
     32 KB); CB the l x l block (FB = 16 the Cholesky's, smaller: its diagonal blocks factor by FB
     dependent steps, each cheaper on a smaller block; AB = 32 the blocks of L that a CholeskyQR
-    pass solves with, what 4 warps hold without spilling); JB the rows of a Jacobi block (subproblems of
+    pass solves with, what 4 warps hold without spilling); TW the columns of the Cholesky's trailing
+    update taken at a time (LP / 2, at least FB: a block row's update spans (i - k) FB columns, at LP =
+    128 one 64-wide window for i - k <= 4 and two beyond, 504 cycles a window against 996 a whole row); JB the rows of a Jacobi block (subproblems of
     2 JB); JP the programs that share an image's Jacobi (its LP / 2 JB sets split between them, at
     most 4: triton_linalg.jacobi_eigenvectors; 1 when ``interpreted``: the interpreter runs one program
     at a time, and a barrier between two of them would never open); RB rows of the budget panels;
@@ -160,8 +162,10 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
     # JB: the Jacobi subproblems [LP, 2 JB] hold at most 4096 elements (LP = 64 with JB = 32 spilled);
     # JB >= 8 makes the group products' K = 2 JB >= 16, what tl.dot needs
     jb = max(8, min(lp // 4, 2048 // lp))
+    fb = 16
     return dict(
-        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), AB=min(lp, 32), FB=16,
+        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), AB=min(lp, 32), FB=fb,
+        TW=max(fb, lp // 2),
         JB=jb, JP=1 if interpreted else min(4, lp // (2 * jb)),
         RB=max(1, min(lp, 4096 // lp)), PSLOTS=12 if lp <= 128 else 4, MID_PASSES=1, FIN_PASSES=3,
         SPLIT16=sixteen_bit, PRESCALE16=dtype == torch.bfloat16, XPREC="tf32x3", SPREC="tf32x3",
@@ -384,7 +388,7 @@ def _image_task(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
+    AB: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -487,18 +491,19 @@ def _image_task(
             fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile_g, n_img, D, l_img, OMS, mu_img, img_f64, csum_img, DG,
                        part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, LP, BR, CB, BK, SPREC)
         elif kind == 4:
-            cholesky_factor(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, FB, AB)
+            cholesky_factor(part_img, tl.where(side == 0, ng_img, DG), a_mat, m_mat, done, LP, FB, AB, TW)
         elif kind == 5:
             # the last pass leaves Q as the parts its product takes (3 for Z = X_c^T Q, 2 for W = X_c^T Q) and
             # their column sums, or W as 2 parts and their column sums weighted (side = 1) by mu (runtime
             # values: one specialisation of the task for both sides)
             nparts = tl.where(k_next == 8, 3, 2)
-            if side == 0:
-                apply_task(q_img, row0, row1, a_mat, m_mat, part_g, gram, done, q16_img, q_stride, nparts, mu_img,
-                           side, csum_img + g * LP, LP, AB, CB, BR, BK, SPREC, SPLIT16, CENTER)
-            else:
-                apply_task(w_img, col0, col1, a_mat, m_mat, part_g, gram, done, w16_img, w_stride, nparts, mu_img,
-                           side, csum_img + g * LP, LP, AB, CB, BD, BK, SPREC, SPLIT16, CENTER)
+            tl.static_assert(BR == BD, "apply_task tiles rows (side 0) and features (side 1) alike")
+            if side == 0:  # Q's rows of the group
+                basis, first, last, basis16, stride16 = q_img, row0, row1, q16_img, q_stride
+            else:  # W's features of the group
+                basis, first, last, basis16, stride16 = w_img, col0, col1, w16_img, w_stride
+            apply_task(basis, first, last, a_mat, m_mat, part_g, gram, done, basis16, stride16, nparts, mu_img, side,
+                       csum_img + g * LP, LP, AB, CB, BR, BK, SPREC, SPLIT16, CENTER)
         elif kind == 6:
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16_img, q_stride, csum_img, ng_img,
                        w_img, img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, BD, BK, CB,
@@ -554,7 +559,7 @@ def _eadaprune_kernel(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    AB: tl.constexpr, FB: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
+    AB: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -594,7 +599,7 @@ def _eadaprune_kernel(
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
                 GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
-                LP, BR, BD, BK, BS, CB, AB, FB, JB, JP, RB, PSLOTS, MID_PASSES, FIN_PASSES,
+                LP, BR, BD, BK, BS, CB, AB, FB, TW, JB, JP, RB, PSLOTS, MID_PASSES, FIN_PASSES,
                 CENTER, IS_F64, SC_F64, SELECT, SPLIT16, PRESCALE16, XPREC, SPREC, MAX_SWEEPS, MAX_WAITS,
                 HAS_SKETCH, HAS_SCORES, HAS_BUDGETS, RAGGED,
             )

@@ -212,7 +212,8 @@ def _chol_small(A, shift, CB: tl.constexpr):
 
 
 @triton.jit(noinline=True)
-def cholesky_factor(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.constexpr, AB: tl.constexpr):
+def cholesky_factor(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.constexpr, AB: tl.constexpr,
+                    TW: tl.constexpr):
     """L L^T = G + s I, G = the sum of the ``nparts`` partial Grams (lower blocks, [LP, LP] each,
     consecutive from ``part``), s = CHOL_SHIFT * max diag G (at least PIVOT_FLOOR): ``amat`` (the work
     matrix) ends holding L's FB x FB blocks below the diagonal, ``mmat`` the inverses M_JJ = L_JJ^-1 of
@@ -237,10 +238,9 @@ def cholesky_factor(part, nparts, amat, mmat, done, LP: tl.constexpr, FB: tl.con
     (tests/test_triton_numerics.py, the N = 2880 batch).
     """
     NB: tl.constexpr = LP // FB
-    # the trailing update's column window: half the width (a block row's update spans (i - k) FB
-    # columns: at LP = 128 one 64-wide window for i - k <= 4, two beyond: 34 windows of 64 instead of
-    # 28 rows of 128)
-    TW: tl.constexpr = LP // 2 if LP > FB else FB
+    # the trailing update takes TW columns at a time (kernel_settings: at LP = 128, 34 windows of 64
+    # instead of 28 rows of 128)
+    tl.static_assert(TW % FB == 0, "the trailing update's window holds whole FB blocks")
     o = tl.arange(0, FB)
     o_l = tl.arange(0, LP)
     o_w = tl.arange(0, TW)

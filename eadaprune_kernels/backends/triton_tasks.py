@@ -89,12 +89,13 @@ def _dot_operand(b_x, f32_ptrs, p16_ptrs, pstride, mask, acc, SPLIT16: tl.conste
 
 
 @triton.jit
-def _summed_partials(csum, nsums, LP: tl.constexpr):
-    """The sum of the ``nsums`` rows of csum [nsums, LP] (fp32), in row order."""
+def _summed_partials(acc, rows, nsums, LP: tl.constexpr):
+    """acc [LP] plus the ``nsums`` rows of rows [nsums, LP], added one row after the other in row order
+    (the same bits whatever the batch or the schedule), in acc's dtype: every sum of per-task partials
+    (column sums, sigma^2, energy) goes through here."""
     o_l = tl.arange(0, LP)
-    acc = tl.zeros([LP], dtype=tl.float32)
     for p in range(nsums):
-        acc += tl.load(csum + p * LP + o_l, cache_modifier=".cg")
+        acc += tl.load(rows + p * LP + o_l, cache_modifier=".cg")
     return acc
 
 
@@ -150,9 +151,8 @@ def _image_energy(img_f64, nparts):
     """(E, raw energy, flat) of an image (fp64 energies): E = the stored part plus the ``nparts``
     reduce tasks' partials of sum_t n_t ||m_t - mu||^2 (their features), added in task order; flat:
     E <= FLAT_RTOL x raw."""
-    energy = tl.load(img_f64 + 2, cache_modifier=".cg")
-    for p in range(nparts):
-        energy += tl.load(img_f64 + IMAGE_SCALARS + p, cache_modifier=".cg")
+    stored = tl.load(img_f64 + 2 + tl.arange(0, 1), cache_modifier=".cg")  # [1]: the partials are rows of 1
+    energy = tl.sum(_summed_partials(stored, img_f64 + IMAGE_SCALARS, nparts, 1), 0)
     raw = tl.load(img_f64 + 3, cache_modifier=".cg")
     # as an int comparison (the interpreter cannot AND an fp64 comparison)
     flat = (energy <= tl.load(img_f64 + 4, cache_modifier=".cg")).to(tl.int32) != 0
@@ -456,7 +456,7 @@ def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_i
     o_k = tl.arange(0, BK)
     inv, scale, bad = _image_scalars(img_f64)
     if SPLIT16 and CENTER:
-        c_om = _summed_partials(csum, nsums, LP)
+        c_om = _summed_partials(tl.zeros([LP], dtype=tl.float32), csum, nsums, LP)
     for r0 in range(row0, row1, BR):
         t = tile0 + (r0 - row0) // BR
         rows = r0 + o_r
@@ -513,7 +513,7 @@ def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, w16, wstride
     o_r = tl.arange(0, BR)
     CORRECT: tl.constexpr = SPLIT16 and CENTER
     if CORRECT:
-        mu_w = _summed_partials(csum, nsums, LP)
+        mu_w = _summed_partials(tl.zeros([LP], dtype=tl.float32), csum, nsums, LP)
     for r0 in range(row0, row1, BR):
         acc = tl.zeros([BR, LP], dtype=tl.float32)
         for d0 in range(0, D, BK):
@@ -548,7 +548,7 @@ def xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16, qstrid
     o_k = tl.arange(0, BK)
     CORRECT: tl.constexpr = SPLIT16 and CENTER
     if CORRECT:
-        q_sum = _summed_partials(csum, nsums, LP)
+        q_sum = _summed_partials(tl.zeros([LP], dtype=tl.float32), csum, nsums, LP)
     for d0 in range(col0, col1, BD):
         acc = tl.zeros([BD, LP], dtype=tl.float32)
         for r0 in range(0, n_img, BK):
@@ -609,9 +609,7 @@ def budget_task(b, sigp_img, nparts, img_f64, sig2_img, rank_img, imgi, BIN, SIG
     o = tl.arange(0, LP)
     inv, scale, bad = _image_scalars(img_f64)
     energy64, raw, flat = _image_energy(img_f64, nparts)
-    s2 = tl.zeros([LP], dtype=tl.float64)
-    for p in range(nparts):
-        s2 += tl.load(sigp_img + p * LP + o, cache_modifier=".cg")
+    s2 = _summed_partials(tl.zeros([LP], dtype=tl.float64), sigp_img, nparts, LP)
     sig2 = tl.where((o < l_img) & (flat == 0), s2.to(tl.float32), 0.0)
     tl.store(sig2_img + o, sig2)
     energy = energy64.to(tl.float32)
