@@ -43,7 +43,11 @@ For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the m
    program waits only for its own image's previous stage);
 6. simulates the overlap with the same task times (``ticket_schedule``: the kernel's stage-major
    tickets, or tickets staggered by image; ``ready_queue_schedule``: an ideal dependency-aware
-   scheduler, the bound on what overlapping the images' stages can give) and prints the three.
+   scheduler, the bound on what overlapping the images' stages can give) and prints the three;
+7. prints the pivot chain: the time every image spends in loops whose iterations depend on each other
+   (:data:`PIVOT_LOOPS`: the Cholesky's pivots, the Jacobi's rounds), iterations x cycles summed over
+   the stages: a part of the chain that more programs per image cannot shorten, only fewer or cheaper
+   steps.
 
     python tools/cost_model.py                                   # the benchmark shapes, a markdown table
     python tools/cost_model.py --dtype fp32 --d 4096 --json      # one variant, rows as JSON lines
@@ -734,9 +738,9 @@ def loop_info(var: Variant, sec: Section, name: str) -> dict:
 
 
 def task_cycles(var: Variant, sec: Section, work: Work, token_latency: int,
-                resident: int = 1) -> tuple[float, float, str]:
-    """(cycles, serial steps, the term bounding the loop that takes longest) of one task on an SM that
-    ``resident`` programs share."""
+                resident: int = 1) -> tuple[float, float, str, dict]:
+    """(cycles, serial steps, the term bounding the loop that takes longest, cycles per named loop) of
+    one task on an SM that ``resident`` programs share."""
     named, loops, seen = [], [], {}
     for name, trips in work.loops:
         info = loop_info(var, sec, name)
@@ -747,12 +751,14 @@ def task_cycles(var: Variant, sec: Section, work: Work, token_latency: int,
         named.append(info)
         loops.append((name, trips))
     total, steps, worst, worst_name = 0.0, 0.0, -1.0, "issue"
+    by_loop = {}
     for (name, trips), info in zip(loops, named):
         reads_tokens = name.split(":")[0] in ("stats", "X W", "X^T Q", "gather")
         latency = token_latency if reads_tokens else H200["l2_latency"]
         per_iter, within = iteration_cycles(info, var.warps, latency, resident)
         iters = math.ceil(trips / info["unroll"])
         total += iters * per_iter
+        by_loop[name] = (trips, iters * per_iter)  # source iterations, their cycles
         steps += iters
         if iters * per_iter > worst:
             worst, worst_name = iters * per_iter, within
@@ -760,7 +766,7 @@ def task_cycles(var: Variant, sec: Section, work: Work, token_latency: int,
     total += iteration_cycles(rest, var.warps, 0, resident)[0]
     total += work.waits * H200["handoff_cycles"]  # barriers with the image's other programs
     steps += work.waits
-    return total, steps, worst_name
+    return total, steps, worst_name, by_loop
 
 
 def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps: float,
@@ -816,7 +822,7 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
         resident = math.ceil(concurrent / sms)  # programs sharing a busy SM
         # the largest task sets the serial time
         per_task = [task_cycles(var, sec, w, token_latency, resident) for w in works]
-        cycles, steps, within = max(per_task, key=lambda t: t[0])
+        cycles, steps, within, by_loop = max(per_task, key=lambda t: t[0])
         used = sms / H200["sms"]
         hbm = image.token_bytes * (0 if from_l2 else 1) + image.out_bytes
         l2 = image.l2_bytes + image.token_rereads + (image.token_bytes if from_l2 else 0)
@@ -837,6 +843,8 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
                                                         if kind in (K.K_CHOL, K.K_APPLY) else ""),
                          kind=kind, side=side, gram=gram, tasks=tasks, waves=waves, sms=sms, seconds=seconds,
                          bound=bound, task_us=cycles / H200["clock_hz"] * 1e6, serial_steps=waves * steps,
+                         # per named loop of the longest task: (source iterations, seconds), every wave
+                         loops={name: (waves * it, waves * cyc / H200["clock_hz"]) for name, (it, cyc) in by_loop.items()},
                          hbm_bytes=hbm, l2_bytes=l2, token_bytes=image.token_bytes + image.token_rereads,
                          tc16_flops=image.tc16_flops, tf32_flops=image.tf32_flops, cuda_flops=image.cuda_flops))
     return rows
@@ -976,6 +984,27 @@ def _group(rows: list[dict]) -> list[dict]:
     return list(groups.values())
 
 
+# The loops whose iterations depend on each other one after the other in every image, whatever the
+# number of programs: a Cholesky pivot (one column of a diagonal block), a Jacobi round.
+PIVOT_LOOPS = ("Cholesky: step", "Jacobi: round")
+
+
+def pivot_chain(batch_result: dict) -> str:
+    """One line: the time of every image's chain spent in PIVOT_LOOPS (steps x cycles per step, summed
+    over the stages), what no split of the work over more programs shortens."""
+    parts, total = [], 0.0
+    for name in PIVOT_LOOPS:
+        steps = sum(r["loops"].get(name, (0, 0.0))[0] for r in batch_result["rows"])
+        seconds = sum(r["loops"].get(name, (0, 0.0))[1] for r in batch_result["rows"])
+        if steps:
+            parts.append(f"{name} {steps:.0f} x {seconds / steps * H200['clock_hz']:.0f} cycles = "
+                         f"{seconds * 1e6:.0f} us")
+            total += seconds
+    return (f"Dependent steps of the l x l work on each image's chain (no split over programs shortens them): "
+            f"{'; '.join(parts)}; together {total * 1e6:.0f} us "
+            f"({100 * total / batch_result['seconds_per_call']:.0f}% of the call).")
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["**A prediction from ptxas and the SASS (tools/cost_model.py), not a measurement: no GPU ran it.** "
              "Stage times add up (an upper estimate: the kernel overlaps the stages of different images).", ""]
@@ -1003,6 +1032,8 @@ def markdown(results: list[dict]) -> str:
             lines.append(f"| **total** | {len(b['rows'])} | | {tot['hbm_bytes'] / 1e6:.2f} | {tot['l2_bytes'] / 1e6:.2f} | "
                          f"{tot['tc16_flops'] / 1e9:.3f} / {tot['tf32_flops'] / 1e9:.3f} | {tot['cuda_flops'] / 1e9:.3f} | "
                          f"{tot['serial_steps']:.0f} | **{b['seconds_per_call'] * 1e6:.1f}** | | |")
+            lines.append("")
+            lines.append(pivot_chain(b))
             lines.append("")
             sched = b["schedule"]
             lines.append(f"Schedule simulation (the same task times on {H200['sms'] * res['blocks_per_sm']} "
