@@ -104,13 +104,14 @@ def test_cost_model_attributes_every_loop_and_adds_up():
         assert sum(r["token_bytes"] for r in stages) >= (2 * 2 + 2) * 576 * 1024 * 2
         moved = sum(r["hbm_bytes"] + r["l2_bytes"] for r in stages)
         assert moved >= (2 * 2 + 2) * 576 * 1024 * 2
-        # the pivot chain counts the kernel's dependent steps: LP pivots per Cholesky factorisation, LP - 1
-        # rounds per Jacobi sweep (5 sweeps assumed by default), each a positive time
+        # the pivot chain counts the kernel's dependent steps: LP pivots per Cholesky factorisation, LP / 2
+        # pairs of Jacobi rounds per sweep (LP - 1 rounds and group 0's identity round; 5 sweeps assumed by
+        # default), each a positive time
         chol = [r for r in stages if r["kind"] == triton_backend.K_CHOL]
         assert len(chol) == 7 and all(r["loops"]["Cholesky: step"][0] == settings["LP"] for r in chol)
         (eig,) = [r for r in stages if r["kind"] == triton_backend.K_EIG]
-        assert eig["loops"]["Jacobi: round"][0] == 5 * (settings["LP"] - 1)
-        assert all(r["loops"]["Cholesky: step"][1] > 0 for r in chol) and eig["loops"]["Jacobi: round"][1] > 0
+        assert eig["loops"]["Jacobi: round pair"][0] == 5 * settings["LP"] // 2
+        assert all(r["loops"]["Cholesky: step"][1] > 0 for r in chol) and eig["loops"]["Jacobi: round pair"][1] > 0
 
 
 def test_cost_model_placements_bound_each_other():

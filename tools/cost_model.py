@@ -45,7 +45,7 @@ For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the m
    tickets, or tickets staggered by image; ``ready_queue_schedule``: an ideal dependency-aware
    scheduler, the bound on what overlapping the images' stages can give) and prints the three;
 7. prints the pivot chain: the time every image spends in loops whose iterations depend on each other
-   (:data:`PIVOT_LOOPS`: the Cholesky's pivots, the Jacobi's rounds), iterations x cycles summed over
+   (:data:`PIVOT_LOOPS`: the Cholesky's pivots, the Jacobi's pairs of rounds), iterations x cycles summed over
    the stages: a part of the chain that more programs per image cannot shorten, only fewer or cheaper
    steps.
 
@@ -378,7 +378,7 @@ LOOP_MARKERS = {
     # Jacobi (eigen_task: _symmetric_sum, jacobi_eigenvectors)
     "H: partial sums": ("_summed_rows", "acc = (((acc + g0) + g1) + g2) + g3"),
     "Jacobi: group": ("jacobi_eigenvectors", "sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=\".cg\")"),
-    "Jacobi: round": ("_jacobi_round", "sub = c[:, None, :] * rows + s[:, None, :] * tl.gather(rows, partner_cols, 2)"),
+    "Jacobi: round pair": ("_jacobi_round_pair", "u = c[:, None, :] * u + s[:, None, :] * tl.gather(u, cols, 2)"),
     "Jacobi: apply set": ("jacobi_eigenvectors",
                           "tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))"),
     "Jacobi: apply back set": ("jacobi_eigenvectors",
@@ -628,14 +628,14 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
         w.add(gram_part(span))
     elif kind == K.K_EIG:  # program ``span`` of the image's JP (program 0 also sums the partial Grams)
         jp = s["JP"]
-        rounds = sweeps * (lp - 1)
+        rounds = sweeps * lp  # LP - 1 rounds a sweep and the identity round that pairs group 0's rounds
         s2 = 2 * s["JB"]
         groups = sweeps * (lp // s["JB"])
         spp = lp // s2 // jp  # this program's sets per group: with one, the set loops are not loops (their
         sets = groups * spp  # instructions are the group loop's own)
         set_loops = [("Jacobi: apply set", sets), ("Jacobi: apply back set", sets)] if spp > 1 else []
         h_sums = (lp // s["JB"]) * _cdiv(shape["DG"], 4) if span == 0 else 0  # _symmetric_sum's row panels
-        w = Work([("H: partial sums", h_sums), ("Jacobi: group", groups), ("Jacobi: round", rounds), *set_loops,
+        w = Work([("H: partial sums", h_sums), ("Jacobi: group", groups), ("Jacobi: round pair", rounds / 2), *set_loops,
                   ("Jacobi: off-diagonal rows", (sweeps + 1) * (lp // s["JB"]))],  # before and after each sweep
                  # W = I written, V = W^T read and written; per group: the subproblems gathered, U
                  # stored and read twice, H and W read and written (R^T, W'), R^T read, H written; per
@@ -986,7 +986,7 @@ def _group(rows: list[dict]) -> list[dict]:
 
 # The loops whose iterations depend on each other one after the other in every image, whatever the
 # number of programs: a Cholesky pivot (one column of a diagonal block), a Jacobi round.
-PIVOT_LOOPS = ("Cholesky: step", "Jacobi: round")
+PIVOT_LOOPS = ("Cholesky: step", "Jacobi: round pair")
 
 
 def pivot_chain(batch_result: dict) -> str:

@@ -337,24 +337,55 @@ def _entries(sub, cols):
 
 
 @triton.jit
-def _jacobi_round(sub, u, d, ml, NS: tl.constexpr, S2: tl.constexpr):
-    """One Jacobi round on the NS independent symmetric subproblems sub [NS, S2, S2] with diagonal d
-    [NS, S2], in registers: local index a pairs with a XOR ml; sub <- J^T sub J, u <- u J (u
-    accumulates the rotations), and d follows the rotation exactly (a_ll - t a_lh, a_hh + t a_lh, as
-    in Rutishauser's Jacobi) instead of being read back from sub."""
+def _round_rotation(e, d, ml, NS: tl.constexpr, S2: tl.constexpr):
+    """(c, s, d') of the Jacobi round pairing local index a with a XOR ml on NS subproblems [NS, S2]:
+    e holds each index's entry with its partner (either triangle's), d the diagonal, which follows the
+    rotation exactly (a_ll - t a_lh, a_hh + t a_lh, as in Rutishauser's Jacobi) instead of being read
+    back. Both indices of a pair take a_lh from the lower index's e (the same angle on both sides). ml
+    = 0 pairs every index with itself: the identity (t = 0, c = 1, s = 0 exactly)."""
     a = tl.arange(0, S2)
-    a_r = a[None, :, None]
     partner = tl.broadcast_to((a ^ ml)[None, :], [NS, S2])
-    e = _entries(sub, tl.broadcast_to(a_r ^ ml, [NS, S2, 1]))  # sub[i, partner(i)]
     d_p = tl.gather(d, partner, 1)
     lower = a[None, :] < (a ^ ml)[None, :]
-    a_lh = tl.where(lower, e, tl.gather(e, partner, 1))  # both take it from the lower index's row
+    paired = a[None, :] != (a ^ ml)[None, :]
+    a_lh = tl.where(paired, tl.where(lower, e, tl.gather(e, partner, 1)), 0.0)
     c, s, t = _rotation(tl.where(lower, d, d_p), tl.where(lower, d_p, d), a_lh, lower)
-    d = d + tl.where(lower, -t, t) * a_lh
-    rows = c[:, :, None] * sub + s[:, :, None] * tl.gather(sub, tl.broadcast_to(a_r ^ ml, [NS, S2, S2]), 1)
-    partner_cols = tl.broadcast_to(a[None, None, :] ^ ml, [NS, S2, S2])
-    sub = c[:, None, :] * rows + s[:, None, :] * tl.gather(rows, partner_cols, 2)
-    u = c[:, None, :] * u + s[:, None, :] * tl.gather(u, partner_cols, 2)
+    return c, s, d + tl.where(lower, -t, t) * a_lh
+
+
+@triton.jit
+def _jacobi_round_pair(sub, u, d, ml, NS: tl.constexpr, S2: tl.constexpr):
+    """Rounds ml and ml + 1 on the NS independent symmetric subproblems sub [NS, S2, S2] with diagonal
+    d [NS, S2], in registers: sub <- J^T sub J, u <- u J (u accumulates the rotations) for each.
+
+    A rotation mixes rows (J^T .) and columns (. J); one of the two directions crosses the program's
+    warps whatever the layout, and J^T (S J) = (J^T S) J lets the rounds take turns: round ml mixes
+    columns first, then rows; round ml + 1 rows first, then columns. Each mix takes both of its terms
+    from gathers along its own axis (the identity and the partner), so the matrix changes layout once
+    per round (to the rows-in-a-warp layout and back), not twice: the cost model's pair of rounds 768
+    cycles against 2 x 632 (sm_90 SASS of the bf16 LP = 128 kernel). The pivots: round ml reads
+    sub[i, i ^ ml] along rows, round ml + 1 sub[i ^ ml + 1, i] along columns (its symmetric
+    counterpart), each where the matrix is at the time."""
+    a = tl.arange(0, S2)
+    a_r = a[None, :, None]  # row index
+    a_c = a[None, None, :]  # column index
+    # round ml: S J, then J^T (S J)
+    e = tl.sum(tl.gather(sub, tl.broadcast_to(a_r ^ ml, [NS, S2, 1]), 2), 2)  # sub[i, i ^ ml]
+    c, s, d = _round_rotation(e, d, ml, NS, S2)
+    cols = tl.broadcast_to(a_c ^ ml, [NS, S2, S2])
+    mixed = c[:, None, :] * sub + s[:, None, :] * tl.gather(sub, cols, 2)
+    u = c[:, None, :] * u + s[:, None, :] * tl.gather(u, cols, 2)
+    sub = (c[:, :, None] * tl.gather(mixed, tl.broadcast_to(a_r, [NS, S2, S2]), 1)
+           + s[:, :, None] * tl.gather(mixed, tl.broadcast_to(a_r ^ ml, [NS, S2, S2]), 1))
+    # round ml + 1: J^T S, then (J^T S) J
+    m2 = ml + 1
+    e = tl.sum(tl.gather(sub, tl.broadcast_to(a_c ^ m2, [NS, 1, S2]), 1), 1)  # sub[i ^ m2, i]
+    c, s, d = _round_rotation(e, d, m2, NS, S2)
+    mixed = c[:, :, None] * sub + s[:, :, None] * tl.gather(sub, tl.broadcast_to(a_r ^ m2, [NS, S2, S2]), 1)
+    cols = tl.broadcast_to(a_c ^ m2, [NS, S2, S2])
+    sub = (c[:, None, :] * tl.gather(mixed, tl.broadcast_to(a_c, [NS, S2, S2]), 2)
+           + s[:, None, :] * tl.gather(mixed, cols, 2))
+    u = c[:, None, :] * u + s[:, None, :] * tl.gather(u, cols, 2)
     return sub, u, d
 
 
@@ -414,8 +445,9 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
     (2 LP u)^2 ||H||_F^2 or after MAX_SWEEPS sweeps. Returns the sweeps it ran (tools/jacobi_sweeps.py).
 
     Blocked, with the same rotations in the same order: the rounds m = g JB .. g JB + JB - 1 (group g;
-    group 0 starts at m = 1) pair index r with r XOR m, which stays in the union of its JB-row block
-    and the block XOR g (for g = 0: the block itself). Those unions are independent 2 JB x 2 JB
+    group 0's m = 0 is the identity, so that every group runs pairs of rounds: _jacobi_round_pair)
+    pair index r with r XOR m, which stays in the union of its JB-row block and the block XOR g (for
+    g = 0: the block itself). Those unions are independent 2 JB x 2 JB
     subproblems (sets) for the whole group: they are gathered once, the group's rounds run on them in
     registers (accumulating each subproblem's rotations in U), and then H <- U^T H U and
     W <- U^T W (W = V^T) are applied once as tensor-core products. R = U^T H is stored transposed and
@@ -473,7 +505,7 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
         for g in range(LP // JB):
             if g >= 2 * half:
                 half *= 2
-            across = 1 - 1 // (g + 1)  # 0 for group 0 (pairs within blocks, from m = 1), else 1
+            across = 1 - 1 // (g + 1)  # 0 for group 0 (pairs within blocks), else 1
             for vi in range(JSEQ):  # phase 1
                 vp = _virtual_program(p, vi, JSEQ, REVERSE)
                 sets = vp * SPP + own
@@ -481,8 +513,8 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
                 sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=".cg")
                 u = eye
                 d = _entries(sub, tl.broadcast_to(a[None, :, None], [SPP, S2, 1]))
-                for ml in range(1 + (JB - 1) * across, JB + JB * across):
-                    sub, u, d = _jacobi_round(sub, u, d, ml, SPP, S2)
+                for ml in range(JB * across, JB + JB * across, 2):  # group 0 starts with the identity (m = 0)
+                    sub, u, d = _jacobi_round_pair(sub, u, d, ml, SPP, S2)
                 tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
                 tl.debug_barrier()
                 for sj in range(SPP):  # R^T = (U^T H)^T into t, W' = U^T W
