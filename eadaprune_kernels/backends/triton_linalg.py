@@ -94,7 +94,7 @@ def _summed_rows(part, nparts, r0, ncols, LP: tl.constexpr, NR: tl.constexpr):
     cols = (o_l < ncols)[None, :]
     rows = part + (r0 + tl.arange(0, NR))[:, None] * LP + o_l[None, :]
     acc = tl.zeros([NR, LP], dtype=tl.float32)
-    for p0 in range(0, nparts, 4):  # absent partials load as 0
+    for p0 in tl.range(0, nparts, 4, num_stages=2):  # absent partials load as 0
         g0 = tl.load(rows + p0 * LP * LP, mask=cols, other=0.0, cache_modifier=".cg")
         g1 = tl.load(rows + (p0 + 1) * LP * LP, mask=cols & (p0 + 1 < nparts), other=0.0, cache_modifier=".cg")
         g2 = tl.load(rows + (p0 + 2) * LP * LP, mask=cols & (p0 + 2 < nparts), other=0.0, cache_modifier=".cg")
@@ -515,10 +515,11 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
                 d = _entries(sub, tl.broadcast_to(a[None, :, None], [SPP, S2, 1]))
                 for ml in range(JB * across, JB + JB * across, 2):  # group 0 starts with the identity (m = 0)
                     sub, u, d = _jacobi_round_pair(sub, u, d, ml, SPP, S2)
+                # U for phase 2 (read after the programs' barrier); phase 1 takes it from registers
                 tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
-                tl.debug_barrier()
                 for sj in range(SPP):  # R^T = (U^T H)^T into t, W' = U^T W
-                    rows, u_t = _set_rotation(uset, vp * SPP + sj, g, half, JB)
+                    rows = _set_indices(vp * SPP + sj, a, g, half, JB)
+                    u_t = tl.trans(tl.sum(tl.where((own == sj)[:, None, None], u, 0.0), 0))  # set sj's U^T
                     h_rows = tl.load(h + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
                     tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))
                     w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
