@@ -338,7 +338,7 @@ def iteration_cycles(counts: dict, warps: int, global_latency: int, resident: in
 LOOP_MARKERS = {
     # statistics + Y~ = X Omega (stats_and_sketch)
     "stats: scan chunk": ("stats_and_sketch", "b_x = tl.load(x_img + rows[:, None] * sxn + (d0 + o_d)[None, :] * sxd"),
-    "stats: sums + X Omega chunk": ("stats_and_sketch", "ss_rows += tl.sum(b_c * b_c, 1).to(tl.float64)"),
+    "stats: sums + X Omega chunk": ("stats_and_sketch", "ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)"),
     "stats: row tile": ("stats_and_sketch", "tl.store(TSCAL + t * 4 + 1, ss)"),
     # reduce (reduce_features)
     # (its two loops over the tiles' scalars run once per REDUCE_TILES tiles: counted with the task's

@@ -270,10 +270,8 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
 
     * max |x| and non-finite entries (tokens and scores) -> the tile's power of two s_t;
     * per BD-column chunk of the tile scaled by 1/s_t: its column sums (TSUM[t]), the sum of squares
-      around the tile's own column means and the raw sum of squares (TSCAL[t]: each row's fp32 sums
-      over a chunk added in fp64, the rows summed once per tile, so that only the column sums cross
-      warps per chunk: cost model 1087 -> 849 cycles a chunk): Chan's pairwise form of the centred
-      energy, combined over tiles by the reduce task;
+      around the tile's own column means and the raw sum of squares (TSCAL[t], fp64 sums of fp32 chunk
+      sums): Chan's pairwise form of the centred energy, combined over tiles by the reduce task;
     * Y~_t = X_t Omega with the tile scaled by 1/s_t (float16: unscaled), into the image's Q rows;
       float32 / float64 tokens (centred products) take the tile centred on its own column means,
       (X_t - 1 m_t^T) Omega: the image's mean is not known yet, and subtracting 1 (mu^T Omega) from
@@ -309,10 +307,8 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
             bad = bad | tl.max(((b_sc - b_sc) != 0.0).to(tl.int32), 0)
         amax_t = tl.max(tl.max(amax, 1), 0)
         inv_t, scale_t = pow2_inverse_scale(amax_t, IS_F64)
-        # per row (fp32 sums over a chunk's columns, added in fp64): the sums over rows, which cross
-        # warps, once per tile instead of once per chunk
-        ss_rows = tl.zeros([BR], dtype=tl.float64)
-        raw_rows = tl.zeros([BR], dtype=tl.float64)
+        ss = tl.cast(0.0, tl.float64)
+        raw = tl.cast(0.0, tl.float64)
         acc = tl.zeros([BR, LP], dtype=tl.float32)
         for d0 in range(0, D, BD):
             cols = d0 + o_d
@@ -326,8 +322,8 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
             colsum = tl.sum(b_x, 0)  # [BD]
             tl.store(TSUM + t * D + cols, colsum, mask=cols < D)
             b_c = tl.where(m_x, b_x - (colsum / n_t)[None, :], 0.0)
-            ss_rows += tl.sum(b_c * b_c, 1).to(tl.float64)
-            raw_rows += tl.sum(b_x * b_x, 1).to(tl.float64)
+            ss += tl.sum(tl.sum(b_c * b_c, 1), 0).to(tl.float64)
+            raw += tl.sum(tl.sum(b_x * b_x, 1), 0).to(tl.float64)
             # whole rows of Omega (vector loads); its columns from l_img on are zeroed in Y below
             if SPLIT16:
                 if PRESCALE16:
@@ -345,8 +341,6 @@ def stats_and_sketch(x_img, sxn, sxd, sc_img, scn, n_img, D, l_img, row0, row1, 
         # column j of Y~ is X Omega[:, j]: the image's l_img columns, exact zeros past them
         acc = tl.where(o_l[None, :] < l_img, acc, 0.0)
         tl.store(q_img + rows[:, None] * LP + o_l[None, :], acc, mask=m_r[:, None])
-        ss = tl.sum(ss_rows, 0)
-        raw = tl.sum(raw_rows, 0)
         tl.store(TSCAL + t * 4 + 0, amax_t.to(tl.float64))
         tl.store(TSCAL + t * 4 + 1, ss)
         tl.store(TSCAL + t * 4 + 2, raw)
