@@ -594,7 +594,7 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
                  l2_bytes=blocks * cb * cb * 4,  # block products in fp32 on the CUDA cores, like the steps
                  cuda_flops=2.0 * cb ** 3 * (panels + trailing + 2 * m_terms) + 4.0 * cb ** 3 * nb)
     elif kind == K.K_APPLY:
-        tile = br if side == 0 else bd
+        tile = s["AR"]  # the solve's rows (or features) at a time
         tiles = _cdiv(span, tile)
         ab = s["AB"]  # solve_transpose works on [AB, AB] blocks of L and of the diagonal blocks' inverses
         anb = lp // ab
@@ -606,7 +606,7 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
             w.add(gram_part(span))
         elif split16:  # the last pass: the basis' 16-bit parts (3 before Z = X_c^T Q, else 2) and column sums
             nparts = 3 if next_kind == K.K_Z else 2
-            stiles = _cdiv(span, c.get("BR", tile))
+            stiles = _cdiv(span, c.get("BR", br))
             w.add(Work([("apply: split rows", stiles), ("apply: split part", stiles * nparts)],
                        l2_bytes=span * lp * (4 + 2 * nparts) + span * 4 + lp * 4,
                        cuda_flops=span * lp * (3.0 * nparts + 2.0)))

@@ -130,7 +130,9 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
     LP = the padded sketch width; BR / BD rows / features per tile (a [BR, LP] fp32 accumulator is
     32 KB); CB the l x l block (FB = 16 the Cholesky's, smaller: its diagonal blocks factor by FB
     dependent steps, each cheaper on a smaller block; AB = 32 the blocks of L that a CholeskyQR
-    pass solves with, what 4 warps hold without spilling); TW the columns of the Cholesky's trailing
+    pass solves with, what 4 warps hold without spilling); AR = 64 the rows (or features) a solve
+    takes at a time (with 4 warps a 32-row tile left half of every MMA idle: the cost model's block
+    product 632 cycles for 32 rows, 492 for 64; 128 rows: 759 and 255 registers); TW the columns of the Cholesky's trailing
     update taken at a time (LP / 2, at least FB: a block row's update spans (i - k) FB columns, at LP =
     128 one 64-wide window for i - k <= 4 and two beyond, 504 cycles a window against 996 a whole
     row); JB the rows of a Jacobi block (subproblems of 2 JB); JP the programs that share an image's
@@ -165,7 +167,7 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
     jb = max(8, min(lp // 4, 2048 // lp))
     fb = 16
     return dict(
-        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), AB=min(lp, 32), FB=fb,
+        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), AB=min(lp, 32), AR=64, FB=fb,
         TW=max(fb, lp // 2),
         JB=jb, JP=1 if interpreted else min(4, lp // (2 * jb)),
         RB=max(1, min(lp, 4096 // lp)), PSLOTS=12 if lp <= 128 else 4, MID_PASSES=1, FIN_PASSES=3,
@@ -389,7 +391,7 @@ def _image_task(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    AB: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
+    AB: tl.constexpr, AR: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -504,7 +506,7 @@ def _image_task(
             else:  # W's features of the group
                 basis, first, last, basis16, stride16 = w_img, col0, col1, w16_img, w_stride
             apply_task(basis, first, last, a_mat, m_mat, part_g, gram, done, basis16, stride16, nparts, mu_img, side,
-                       csum_img + g * LP, LP, AB, CB, BR, BK, SPREC, SPLIT16, CENTER)
+                       csum_img + g * LP, LP, AB, AR, CB, BR, BK, SPREC, SPLIT16, CENTER)
         elif kind == 6:
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16_img, q_stride, csum_img, ng_img,
                        w_img, img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, BD, BK, CB,
@@ -560,7 +562,7 @@ def _eadaprune_kernel(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    AB: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
+    AB: tl.constexpr, AR: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -600,7 +602,7 @@ def _eadaprune_kernel(
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
                 GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
-                LP, BR, BD, BK, BS, CB, AB, FB, TW, JB, JP, RB, PSLOTS, MID_PASSES, FIN_PASSES,
+                LP, BR, BD, BK, BS, CB, AB, AR, FB, TW, JB, JP, RB, PSLOTS, MID_PASSES, FIN_PASSES,
                 CENTER, IS_F64, SC_F64, SELECT, SPLIT16, PRESCALE16, XPREC, SPREC, MAX_SWEEPS, MAX_WAITS,
                 HAS_SKETCH, HAS_SCORES, HAS_BUDGETS, RAGGED,
             )

@@ -364,7 +364,7 @@ def _jacobi_round_pair(sub, u, d, ml, NS: tl.constexpr, S2: tl.constexpr):
     from gathers along its own axis (the identity and the partner), so the matrix changes layout once
     per round (to the rows-in-a-warp layout and back), not twice: the cost model's pair of rounds 768
     cycles against 2 x 632 (sm_90 SASS of the bf16 LP = 128 kernel). The pivots: round ml reads
-    sub[i, i ^ ml] along rows, round ml + 1 sub[i ^ ml + 1, i] along columns (its symmetric
+    sub[i, i ^ ml] along rows, round ml + 1 sub[i ^ (ml + 1), i] along columns (its symmetric
     counterpart), each where the matrix is at the time."""
     a = tl.arange(0, S2)
     a_r = a[None, :, None]  # row index
@@ -515,11 +515,10 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
                 d = _entries(sub, tl.broadcast_to(a[None, :, None], [SPP, S2, 1]))
                 for ml in range(JB * across, JB + JB * across, 2):  # group 0 starts with the identity (m = 0)
                     sub, u, d = _jacobi_round_pair(sub, u, d, ml, SPP, S2)
-                # U for phase 2 (read after the programs' barrier); phase 1 takes it from registers
                 tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
+                tl.debug_barrier()
                 for sj in range(SPP):  # R^T = (U^T H)^T into t, W' = U^T W
-                    rows = _set_indices(vp * SPP + sj, a, g, half, JB)
-                    u_t = tl.trans(tl.sum(tl.where((own == sj)[:, None, None], u, 0.0), 0))  # set sj's U^T
+                    rows, u_t = _set_rotation(uset, vp * SPP + sj, g, half, JB)
                     h_rows = tl.load(h + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
                     tl.store(t + o[None, :] * LP + rows[:, None], tl.dot(u_t, h_rows, input_precision=SPREC))
                     w_rows = tl.load(ws + rows[:, None] * LP + o[None, :], cache_modifier=".cg")
@@ -550,14 +549,15 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
 
 @triton.jit(noinline=True)
 def apply_task(ws, row0, row1, lmat, mmat, part, gram, done, parts, pstride, nparts, wts, weighted, csum,
-               LP: tl.constexpr, AB: tl.constexpr, CB: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
-               SPREC: tl.constexpr, SPLIT16: tl.constexpr, SUMS: tl.constexpr):
-    """One CholeskyQR pass on rows [row0, row1): ws <- ws L^-T (solve_transpose, on [AB, AB] blocks), then
+               LP: tl.constexpr, AB: tl.constexpr, AR: tl.constexpr, CB: tl.constexpr, BR: tl.constexpr,
+               BK: tl.constexpr, SPREC: tl.constexpr, SPLIT16: tl.constexpr, SUMS: tl.constexpr):
+    """One CholeskyQR pass on rows [row0, row1): ws <- ws L^-T (solve_transpose, on [AB, AB] blocks of L
+    and AR rows at a time), then
     (``gram`` != 0) the Gram partial of the new rows for the next pass on [CB, CB] blocks; the last pass
     (``gram`` == 0) leaves the basis for a product with X, which with 16-bit tokens (SPLIT16) takes
     it as ``nparts`` 16-bit parts and its weighted column sums (SUMS): :func:`product_operand`. A
     task: counts ``done``."""
-    solve_transpose(ws, row0, row1, lmat, mmat, LP, AB, BR, SPREC)
+    solve_transpose(ws, row0, row1, lmat, mmat, LP, AB, AR, SPREC)
     if gram != 0:
         gram_partial(ws, row0, row1, part, LP, CB, BK, SPREC)
     elif SPLIT16:
