@@ -132,13 +132,13 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
     dependent steps, each cheaper on a smaller block; AB = 32 the blocks of L that a CholeskyQR
     pass solves with, what 4 warps hold without spilling); AR = 64 the rows (or features) a solve
     takes at a time (with 4 warps a 32-row tile left half of every MMA idle: the cost model's block
-    product 632 cycles for 32 rows, 492 for 64; 128 rows: 759 and 255 registers); TW the columns of the Cholesky's trailing
-    update taken at a time (LP / 2, at least FB: a block row's update spans (i - k) FB columns, at LP =
-    128 one 64-wide window for i - k <= 4 and two beyond, 504 cycles a window against 996 a whole
-    row); JB the rows of a Jacobi block (subproblems of 2 JB); JP the programs that share an image's
-    Jacobi (its LP / 2 JB sets split between them, at most 4: triton_linalg.jacobi_eigenvectors; 1
-    when ``interpreted``: the interpreter runs one program at a time, and a barrier between two of
-    them would never open); RB rows of the budget panels;
+    product 632 cycles for 32 rows, 492 for 64; 128 rows: 759 and 255 registers); TW the columns of
+    the Cholesky's trailing update taken at a time (LP / 2, at least FB: a block row's update spans
+    (i - k) FB columns, at LP = 128 one 64-wide window for i - k <= 4 and two beyond, 504 cycles a
+    window against 996 a whole row); JB the rows of a Jacobi block (subproblems of 2 JB); JP the
+    programs that share an image's Jacobi (its LP / 2 JB sets split between them, at most 4:
+    triton_linalg.jacobi_eigenvectors; 1 when ``interpreted``: the interpreter runs one program at a
+    time, and a barrier between two of them would never open); RB rows of the budget panels;
     PSLOTS the Gram partials (and groups) per image side: 12 up to LP = 128 (N = 576: 9 groups of 64
     rows, D = 1024: 11 of 96 features; the cost model at B = 1, bf16: 894 us against 963 with 8, one
     task's rows being the serial time of a stage; at B = 64 about even: 22.9 against 22.8 us per image

@@ -330,10 +330,10 @@ def _rotation(a_ll, a_hh, a_lh, lower):
 
 
 @triton.jit
-def _entries(sub, cols):
-    """[NS, S2]: sub[s, i, cols[s, i, 0]] of sub [NS, S2, S2] (one entry per row: a gather, no
-    reduction over the row)."""
-    return tl.sum(tl.gather(sub, cols, 2), 2)
+def _entries(sub, idx, AXIS: tl.constexpr):
+    """[NS, S2]: one entry of sub [NS, S2, S2] per row (AXIS = 2: sub[s, i, idx[s, i, 0]]) or per
+    column (AXIS = 1: sub[s, idx[s, 0, j], j]): a gather along AXIS, no reduction over the matrix."""
+    return tl.sum(tl.gather(sub, idx, AXIS), AXIS)
 
 
 @triton.jit
@@ -370,7 +370,7 @@ def _jacobi_round_pair(sub, u, d, ml, NS: tl.constexpr, S2: tl.constexpr):
     a_r = a[None, :, None]  # row index
     a_c = a[None, None, :]  # column index
     # round ml: S J, then J^T (S J)
-    e = tl.sum(tl.gather(sub, tl.broadcast_to(a_r ^ ml, [NS, S2, 1]), 2), 2)  # sub[i, i ^ ml]
+    e = _entries(sub, tl.broadcast_to(a_r ^ ml, [NS, S2, 1]), 2)  # sub[i, i ^ ml]
     c, s, d = _round_rotation(e, d, ml, NS, S2)
     cols = tl.broadcast_to(a_c ^ ml, [NS, S2, S2])
     mixed = c[:, None, :] * sub + s[:, None, :] * tl.gather(sub, cols, 2)
@@ -379,7 +379,7 @@ def _jacobi_round_pair(sub, u, d, ml, NS: tl.constexpr, S2: tl.constexpr):
            + s[:, :, None] * tl.gather(mixed, tl.broadcast_to(a_r ^ ml, [NS, S2, S2]), 1))
     # round ml + 1: J^T S, then (J^T S) J
     m2 = ml + 1
-    e = tl.sum(tl.gather(sub, tl.broadcast_to(a_c ^ m2, [NS, 1, S2]), 1), 1)  # sub[i ^ m2, i]
+    e = _entries(sub, tl.broadcast_to(a_c ^ m2, [NS, 1, S2]), 1)  # sub[i ^ m2, i]
     c, s, d = _round_rotation(e, d, m2, NS, S2)
     mixed = c[:, :, None] * sub + s[:, :, None] * tl.gather(sub, tl.broadcast_to(a_r ^ m2, [NS, S2, S2]), 1)
     cols = tl.broadcast_to(a_c ^ m2, [NS, S2, S2])
@@ -512,7 +512,7 @@ def jacobi_eigenvectors(h, t, uset, w0, w1, vout, p, bar, CNT, LP: tl.constexpr,
                 idx = _set_indices(sets[:, None], a[None, :], g, half, JB)  # [SPP, S2]
                 sub = tl.load(h + idx[:, :, None] * LP + idx[:, None, :], cache_modifier=".cg")
                 u = eye
-                d = _entries(sub, tl.broadcast_to(a[None, :, None], [SPP, S2, 1]))
+                d = _entries(sub, tl.broadcast_to(a[None, :, None], [SPP, S2, 1]), 2)
                 for ml in range(JB * across, JB + JB * across, 2):  # group 0 starts with the identity (m = 0)
                     sub, u, d = _jacobi_round_pair(sub, u, d, ml, SPP, S2)
                 tl.store(uset + sets[:, None, None] * (S2 * S2) + a[None, :, None] * S2 + a[None, None, :], u)
