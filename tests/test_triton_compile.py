@@ -84,6 +84,7 @@ def test_cost_model_attributes_every_loop_and_adds_up():
     """tools/cost_model.py finds every loop it names in the SASS of the task that runs it (it raises
     LookupError otherwise), models every stage of launch_plan, and its totals are the sums of its
     stage rows."""
+    cost_model = import_tool("cost_model")
     out = subprocess.run([sys.executable, str(COST_MODEL), "--json", "--d", "1024"], capture_output=True,
                          text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -112,6 +113,22 @@ def test_cost_model_attributes_every_loop_and_adds_up():
         (eig,) = [r for r in stages if r["kind"] == triton_backend.K_EIG]
         assert eig["loops"]["Jacobi: round pair"][0] == 5 * settings["LP"] // 2
         assert all(r["loops"]["Cholesky: step"][1] > 0 for r in chol) and eig["loops"]["Jacobi: round pair"][1] > 0
+        # the design's floors: its bytes and FLOPs at the peak rates, one image's dependent steps; the
+        # summed prediction is never below one of them
+        floors, rates = total[0]["floors_us_per_call"], cost_model.H200
+        per_call = {k: batch * sum(r[k] for r in stages) for k in ("hbm_bytes", "l2_bytes", "tc16_flops", "tf32_flops",
+                                                                   "cuda_flops")}
+        expected = {"HBM": per_call["hbm_bytes"] / rates["hbm_bytes_per_s"],
+                    "L2 traffic": per_call["l2_bytes"] / rates["l2_bytes_per_s"],
+                    "tensor cores": per_call["tc16_flops"] / rates["tc16_flops_per_s"]
+                    + per_call["tf32_flops"] / rates["tf32_flops_per_s"],
+                    "CUDA cores": per_call["cuda_flops"] / rates["fp32_flops_per_s"],
+                    "dependent l x l steps": sum(r["loops"][name][1] / r["waves"] for r in stages
+                                                 for name in cost_model.PIVOT_LOOPS if name in r["loops"])}
+        assert floors.keys() == expected.keys()
+        for name, seconds in expected.items():
+            assert floors[name] == pytest.approx(seconds * 1e6, rel=1e-9), name
+            assert 0 < floors[name] <= total[0]["total_us_per_call"] * (1 + 1e-9), (name, floors, total[0])
 
 
 def test_cost_model_placements_bound_each_other():

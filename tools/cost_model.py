@@ -47,7 +47,10 @@ For one variant (default: bf16 tokens, l = 128, q = 2, leverage selection) the m
 7. prints the pivot chain: the time every image spends in loops whose iterations depend on each other
    (:data:`PIVOT_LOOPS`: the Cholesky's pivots, the Jacobi's pairs of rounds), iterations x cycles summed over
    the stages: a part of the chain that more programs per image cannot shorten, only fewer or cheaper
-   steps.
+   steps;
+8. prints the design's floors (:func:`design_floors`): the call's bytes and FLOPs at the whole GPU's
+   peak rates and one image's dependent steps, the times below which no tiling or schedule of the same
+   work can go, and, for the issue's benchmark shape, which of them lie above its targets (:data:`TARGETS`).
 
     python tools/cost_model.py                                   # the benchmark shapes, a markdown table
     python tools/cost_model.py --dtype fp32 --d 4096 --json      # one variant, rows as JSON lines
@@ -989,20 +992,65 @@ def _group(rows: list[dict]) -> list[dict]:
 PIVOT_LOOPS = ("Cholesky: step", "Jacobi: round pair")
 
 
+def chain_steps(batch_result: dict) -> dict:
+    """Per PIVOT_LOOPS name: (steps, seconds) of ONE image's chain, summed over the stages (a stage of
+    several waves runs each image's task in one of them)."""
+    chain = {}
+    for name in PIVOT_LOOPS:
+        steps = sum(r["loops"].get(name, (0, 0.0))[0] / r["waves"] for r in batch_result["rows"])
+        seconds = sum(r["loops"].get(name, (0, 0.0))[1] / r["waves"] for r in batch_result["rows"])
+        if steps:
+            chain[name] = (steps, seconds)
+    return chain
+
+
 def pivot_chain(batch_result: dict) -> str:
     """One line: the time of every image's chain spent in PIVOT_LOOPS (steps x cycles per step, summed
     over the stages), what no split of the work over more programs shortens."""
-    parts, total = [], 0.0
-    for name in PIVOT_LOOPS:
-        steps = sum(r["loops"].get(name, (0, 0.0))[0] for r in batch_result["rows"])
-        seconds = sum(r["loops"].get(name, (0, 0.0))[1] for r in batch_result["rows"])
-        if steps:
-            parts.append(f"{name} {steps:.0f} x {seconds / steps * H200['clock_hz']:.0f} cycles = "
-                         f"{seconds * 1e6:.0f} us")
-            total += seconds
+    chain = chain_steps(batch_result)
+    parts = [f"{name} {steps:.0f} x {seconds / steps * H200['clock_hz']:.0f} cycles = {seconds * 1e6:.0f} us"
+             for name, (steps, seconds) in chain.items()]
+    total = sum(seconds for _steps, seconds in chain.values())
     return (f"Dependent steps of the l x l work on each image's chain (no split over programs shortens them): "
             f"{'; '.join(parts)}; together {total * 1e6:.0f} us "
             f"({100 * total / batch_result['seconds_per_call']:.0f}% of the call).")
+
+
+# The issue's speed targets (seconds per image on an H200) and the one shape they are set for.
+TARGET_SHAPE = dict(dtype="bf16", n=576, d=1024, l=128, q=2)
+TARGETS = {1: 50e-6, 64: 2e-6}
+
+
+def design_floors(res: dict, batch: int) -> dict:
+    """Seconds per call below which no tiling, placement or schedule of THIS design's work can go: its
+    bytes and FLOPs at the whole GPU's peak rates (every SM busy, nothing else in the way; the
+    tensor-core floor adds the 16-bit and the tf32 products, which share the tensor cores), and one
+    image's dependent l x l steps (:func:`chain_steps`) at the cycles the SASS gives them. The summed
+    prediction is never below any of them (each stage takes at least its share of every bound); only
+    other work (fewer passes, fewer or cheaper dependent steps, fewer operand re-reads) lowers them."""
+    rows = res["batches"][batch]["rows"]
+    total = {k: batch * sum(r[k] for r in rows) for k in ("hbm_bytes", "l2_bytes", "tc16_flops", "tf32_flops",
+                                                          "cuda_flops")}
+    return {"L2 traffic": total["l2_bytes"] / H200["l2_bytes_per_s"],
+            "tensor cores": total["tc16_flops"] / H200["tc16_flops_per_s"] + total["tf32_flops"] / H200["tf32_flops_per_s"],
+            "dependent l x l steps": sum(s for _n, s in chain_steps(res["batches"][batch]).values()),
+            "HBM": total["hbm_bytes"] / H200["hbm_bytes_per_s"],
+            "CUDA cores": total["cuda_flops"] / H200["fp32_flops_per_s"]}
+
+
+def floors_line(res: dict, batch: int) -> str:
+    """The floors of :func:`design_floors`, highest first, and where the issue's target lies among them."""
+    floors = sorted(design_floors(res, batch).items(), key=lambda kv: -kv[1])
+    text = (f"Floors of this design at B={batch} (its bytes and FLOPs at the whole GPU's peak, L2 at the assumed "
+            f"{H200['l2_bytes_per_s'] / 1e12:g} TB/s; one image's dependent steps; no tiling or schedule of the same "
+            f"work goes below them): "
+            + ", ".join(f"{name} {sec * 1e6:.0f} us ({sec * 1e6 / batch:.2f} per image)" for name, sec in floors) + ".")
+    if all(res[k] == v for k, v in TARGET_SHAPE.items()) and batch in TARGETS:
+        budget = TARGETS[batch] * batch
+        above = [name for name, sec in floors if sec > budget]
+        text += (f" The issue's target, {TARGETS[batch] * 1e6:g} us per image = {budget * 1e6:.0f} us per call, is below "
+                 f"{len(above)} of them" + (f" ({', '.join(above)})" if above else "") + ".")
+    return text
 
 
 def markdown(results: list[dict]) -> str:
@@ -1034,6 +1082,8 @@ def markdown(results: list[dict]) -> str:
                          f"{tot['serial_steps']:.0f} | **{b['seconds_per_call'] * 1e6:.1f}** | | |")
             lines.append("")
             lines.append(pivot_chain(b))
+            lines.append("")
+            lines.append(floors_line(res, batch))
             lines.append("")
             sched = b["schedule"]
             lines.append(f"Schedule simulation (the same task times on {H200['sms'] * res['blocks_per_sm']} "
@@ -1089,8 +1139,9 @@ def main(argv=None) -> int:
             for batch, b in res["batches"].items():
                 for row in b["rows"]:
                     print(json.dumps(dict(head, batch=batch, **row)))
+                floors = {name: sec * 1e6 for name, sec in design_floors(res, batch).items()}
                 print(json.dumps(dict(head, batch=batch, total_us_per_call=b["seconds_per_call"] * 1e6,
-                                      total_us_per_image=b["seconds_per_image"] * 1e6)))
+                                      total_us_per_image=b["seconds_per_image"] * 1e6, floors_us_per_call=floors)))
     else:
         print(markdown(results))
     return 0
