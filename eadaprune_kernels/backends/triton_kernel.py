@@ -132,7 +132,12 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
     dependent steps, each cheaper on a smaller block; AB = 32 the blocks of L that a CholeskyQR
     pass solves with, what 4 warps hold without spilling); AR = 64 the rows (or features) a solve
     takes at a time (with 4 warps a 32-row tile left half of every MMA idle: the cost model's block
-    product 632 cycles for 32 rows, 492 for 64; 128 rows: 759 and 255 registers); TW the columns of
+    product 632 cycles for 32 rows, 492 for 64; 128 rows: 759 and 255 registers); XT the rows of
+    X W and the features of X^T Q that a product task forms at a time, min(64, 8192 / LP): every
+    such tile reads the whole fp32 operand W or Q (or its 16-bit parts) from L2, so 64 instead of
+    BR = 32 at LP = 128 halves those reads (bf16 D = 1024: 127 -> 98 MB of L2 traffic per image in the
+    cost model; 0 spills at 249-250 registers, 52 KB shared); the groups of rows and features are
+    multiples of XT (D = 1024: 8 groups of 128 features instead of 11 of 96); TW the columns of
     the Cholesky's trailing update taken at a time (LP / 2, at least FB: a block row's update spans
     (i - k) FB columns, at LP = 128 one 64-wide window for i - k <= 4 and two beyond, 504 cycles a
     window against 996 a whole row); JB the rows of a Jacobi block (subproblems of 2 JB); JP the
@@ -140,10 +145,10 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
     triton_linalg.jacobi_eigenvectors; 1 when ``interpreted``: the interpreter runs one program at a
     time, and a barrier between two of them would never open); RB rows of the budget panels;
     PSLOTS the Gram partials (and groups) per image side: 12 up to LP = 128 (N = 576: 9 groups of 64
-    rows, D = 1024: 11 of 96 features; the cost model at B = 1, bf16: 894 us against 963 with 8, one
-    task's rows being the serial time of a stage; at B = 64 about even: 22.9 against 22.8 us per image
-    in its schedule simulation, 26.4 against 25.8 summed; D = 4096 and fp32 gain at both), 4 at LP = 256
-    (a partial is 256 KB there).
+    rows, D = 1024: 8 of 128 features; with 32-wide product tiles the cost model put 12 at 894 us
+    against 963 with 8 at B = 1, bf16, one task's rows being the serial time of a stage, and about even
+    at B = 64; with XT = 64, 16 slots (16 feature groups of 64) give 698 against 725 us at B = 1 but
+    20.8 against 20.2 us per image at B = 64), 4 at LP = 256 (a partial is 256 KB there).
     4 warps per program up to LP = 128: two programs share an SM (registers), which the cost model puts
     ~8% ahead of 8 warps at B=64 and ~2% behind at B=1 (LP = 128, bf16); 8 at LP = 256.
     Products with X: float16 / bfloat16 tokens stay exact and the fp32 operand is split into 16-bit
@@ -167,7 +172,8 @@ def kernel_settings(dtype: torch.dtype, sketch_size: int, interpreted: bool = Fa
     jb = max(8, min(lp // 4, 2048 // lp))
     fb = 16
     return dict(
-        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), AB=min(lp, 32), AR=64, FB=fb,
+        LP=lp, BR=tile, BD=tile, BK=chunk, BS=64, CB=min(lp, 64 if lp <= 128 else 32), AB=min(lp, 32), AR=64,
+        XT=min(64, 8192 // lp), FB=fb,
         TW=max(fb, lp // 2),
         JB=jb, JP=1 if interpreted else min(4, lp // (2 * jb)),
         RB=max(1, min(lp, 4096 // lp)), PSLOTS=12 if lp <= 128 else 4, MID_PASSES=1, FIN_PASSES=3,
@@ -206,9 +212,9 @@ def launch_plan(*, batch: int, n: int, d: int, settings: dict, ragged: bool, pow
     row tiles (SR rows, NS per image; at most about STATS_TASKS in the call), the tasks of every stage
     (upper bounds for packed input, whose groups per image the kernel reads from cu_seqlens), their
     total. The Jacobi stage has JP tasks per image."""
-    br, bd, slots = settings["BR"], settings["BD"], settings["PSLOTS"]
-    gr = br * _cdiv(_cdiv(max(n, 1), br), slots)
-    gd = bd * _cdiv(_cdiv(max(d, 1), bd), slots)
+    br, bd, xt, slots = settings["BR"], settings["BD"], settings["XT"], settings["PSLOTS"]
+    gr = xt * _cdiv(_cdiv(max(n, 1), xt), slots)
+    gd = xt * _cdiv(_cdiv(max(d, 1), xt), slots)
     ng = _cdiv(n, gr)  # groups per image (dense) / of the largest possible image (packed)
     dg = _cdiv(d, gd)
     row_tasks = ng + batch if ragged else batch * ng
@@ -391,7 +397,7 @@ def _image_task(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    AB: tl.constexpr, AR: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
+    AB: tl.constexpr, AR: tl.constexpr, XT: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -509,14 +515,14 @@ def _image_task(
                        csum_img + g * LP, LP, AB, AR, CB, BR, BK, SPREC, SPLIT16, CENTER)
         elif kind == 6:
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16_img, q_stride, csum_img, ng_img,
-                       w_img, img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, BD, BK, CB,
+                       w_img, img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, 2, XPREC, LP, XT, BK, CB,
                        SPREC)
         elif kind == 7:
             x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, w16_img, w_stride, csum_img, DG, q_img,
-                      img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, BR, BK, CB, SPREC)
+                      img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, XPREC, LP, XT, BK, CB, SPREC)
         elif kind == 8:
             xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16_img, q_stride, csum_img, ng_img,
-                       w_img, img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, 3, XPREC, LP, BD, BK, CB,
+                       w_img, img_f64, part_g, done, CENTER, IS_F64, SPLIT16, PRESCALE16, 3, XPREC, LP, XT, BK, CB,
                        SPREC)
         elif kind == 9:
             eigen_task(part_img, DG, a_mat, m_mat, done, g, CNT + 3 + B * NSTAGES + b, CNT, LP, CB, JB, JP,
@@ -562,7 +568,7 @@ def _eadaprune_kernel(
     N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
     GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
     LP: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, CB: tl.constexpr,
-    AB: tl.constexpr, AR: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
+    AB: tl.constexpr, AR: tl.constexpr, XT: tl.constexpr, FB: tl.constexpr, TW: tl.constexpr, JB: tl.constexpr, JP: tl.constexpr,
     RB: tl.constexpr, PSLOTS: tl.constexpr, MID_PASSES: tl.constexpr, FIN_PASSES: tl.constexpr,
     CENTER: tl.constexpr, IS_F64: tl.constexpr, SC_F64: tl.constexpr, SELECT: tl.constexpr,
     SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr, XPREC: tl.constexpr, SPREC: tl.constexpr,
@@ -602,7 +608,7 @@ def _eadaprune_kernel(
                 OTOK, sotb, sotm, sotd, OIDX, OMASK,
                 N, D, L, M, B, POWER_ITERS, SEED, MIN_TOKENS, THRESH, FLAT_RTOL,
                 GR, GD, NG, DG, NG_TOTAL, SR, NS, NS_TOTAL, OM_TILES, NSTAGES, TOTAL,
-                LP, BR, BD, BK, BS, CB, AB, AR, FB, TW, JB, JP, RB, PSLOTS, MID_PASSES, FIN_PASSES,
+                LP, BR, BD, BK, BS, CB, AB, AR, XT, FB, TW, JB, JP, RB, PSLOTS, MID_PASSES, FIN_PASSES,
                 CENTER, IS_F64, SC_F64, SELECT, SPLIT16, PRESCALE16, XPREC, SPREC, MAX_SWEEPS, MAX_WAITS,
                 HAS_SKETCH, HAS_SCORES, HAS_BUDGETS, RAGGED,
             )
