@@ -82,8 +82,9 @@ def test_occupancy_follows_the_sm90_limits(registers, shared, warps, expected):
 
 def test_cost_model_attributes_every_loop_and_adds_up():
     """tools/cost_model.py finds every loop it names in the SASS of the task that runs it (it raises
-    LookupError otherwise), models every stage of launch_plan, and its totals are the sums of its
-    stage rows."""
+    LookupError otherwise), models every stage of launch_plan, its totals are the sums of its stage
+    rows, and its floors (the call's bytes and FLOPs at peak rates, one image's dependent steps) follow
+    from those rows and lie below the prediction."""
     cost_model = import_tool("cost_model")
     out = subprocess.run([sys.executable, str(COST_MODEL), "--json", "--d", "1024"], capture_output=True,
                          text=True, timeout=1800)
