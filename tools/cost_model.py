@@ -133,6 +133,14 @@ H200 = dict(
     # decoding), counted from the SASS. The CTA launch itself is not modelled (unknown without a GPU).
     ticket_cycles=270,
 )
+
+
+def tensor_core_seconds(tc16_flops: float, tf32_flops: float) -> float:
+    """The whole GPU's tensor cores at peak on 16-bit and tf32 products: they share the units, so
+    the times add."""
+    return tc16_flops / H200["tc16_flops_per_s"] + tf32_flops / H200["tf32_flops_per_s"]
+
+
 # Tensor-core FLOPs per SM and clock: the peak rates divided over 132 SMs at 1.98 GHz.
 TC16_PER_CLK = H200["tc16_flops_per_s"] / H200["sms"] / H200["clock_hz"]
 TF32_PER_CLK = H200["tf32_flops_per_s"] / H200["sms"] / H200["clock_hz"]
@@ -614,7 +622,7 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
                        l2_bytes=span * lp * (4 + 2 * nparts) + span * 4 + lp * 4,
                        cuda_flops=span * lp * (3.0 * nparts + 2.0)))
     elif kind in (K.K_XTQ, K.K_Z):
-        ftiles, chunks = _cdiv(span, c["BD"]), _cdiv(n, c["BK"])
+        ftiles, chunks = _cdiv(span, c["XT"]), _cdiv(n, c["BK"])
         # Q read by every feature tile: as 16-bit parts (1^T Q from the groups' partials), or fp32 (whose
         # column sums the fp32 path does not need)
         q_bytes = 2 * c["PARTS"] if split16 else 4
@@ -624,7 +632,7 @@ def task_work(kind: int, side: int, gram: int, span: int, shape: dict, s: dict, 
                  cuda_flops=2.0 * span * lp, **x_product(span, n, lp, c["PARTS"]))
         w.add(gram_part(span))
     elif kind == K.K_XW:
-        tiles, chunks = _cdiv(span, c["BR"]), _cdiv(d, c["BK"])
+        tiles, chunks = _cdiv(span, c["XT"]), _cdiv(d, c["BK"])
         w = Work([("X W: chunk", tiles * chunks), ("X W: row tile", tiles)],  # W as 2 parts, or fp32
                  token_bytes=span * d * elt, l2_bytes=tiles * d * lp * 4 + span * lp * 4 + shape["DG"] * lp * 4,
                  cuda_flops=2.0 * span * lp, **x_product(span, d, lp, 2))
@@ -835,8 +843,7 @@ def stage_rows(var: Variant, n: int, d: int, l: int, q: int, batch: int, sweeps:
             f"serial ({within})": waves * (cycles + var.overhead_cycles) / H200["clock_hz"],
             "HBM": batch * hbm / (H200["hbm_bytes_per_s"] * used),
             "L2": batch * l2 / (H200["l2_bytes_per_s"] * used),
-            "tensor cores": batch * (image.tc16_flops / H200["tc16_flops_per_s"]
-                                     + image.tf32_flops / H200["tf32_flops_per_s"]) / used,
+            "tensor cores": tensor_core_seconds(batch * image.tc16_flops, batch * image.tf32_flops) / used,
             "CUDA cores": batch * image.cuda_flops / H200["fp32_flops_per_s"] / used,
         }
         bound = max(terms, key=terms.get)
@@ -1029,10 +1036,9 @@ def design_floors(res: dict, batch: int) -> dict:
     prediction is never below any of them (each stage takes at least its share of every bound); only
     other work (fewer passes, fewer or cheaper dependent steps, fewer operand re-reads) lowers them."""
     rows = res["batches"][batch]["rows"]
-    total = {k: batch * sum(r[k] for r in rows) for k in ("hbm_bytes", "l2_bytes", "tc16_flops", "tf32_flops",
-                                                          "cuda_flops")}
+    total = {k: batch * sum(r[k] for r in rows) for k in _SUMS}
     return {"L2 traffic": total["l2_bytes"] / H200["l2_bytes_per_s"],
-            "tensor cores": total["tc16_flops"] / H200["tc16_flops_per_s"] + total["tf32_flops"] / H200["tf32_flops_per_s"],
+            "tensor cores": tensor_core_seconds(total["tc16_flops"], total["tf32_flops"]),
             "dependent l x l steps": sum(s for _n, s in chain_steps(res["batches"][batch]).values()),
             "HBM": total["hbm_bytes"] / H200["hbm_bytes_per_s"],
             "CUDA cores": total["cuda_flops"] / H200["fp32_flops_per_s"]}

@@ -495,10 +495,10 @@ def fix_sketch(q_img, row0, row1, TSCAL, TSUM, tile0, n_img, D, l_img, OMS, mu_i
 def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, w16, wstride, csum, nsums, q_img, img_f64,
               part, done,
               CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
-              XPREC: tl.constexpr, LP: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, CB: tl.constexpr,
+              XPREC: tl.constexpr, LP: tl.constexpr, XT: tl.constexpr, BK: tl.constexpr, CB: tl.constexpr,
               SPREC: tl.constexpr):
-    """Q rows [row0, row1) = X_c W (W [D, LP] fp32 scratch), each row tile reduced over all of D in
-    chunks of BK. SPLIT16: out_scale * (X W) - 1 (mu^T W), W read as its two 16-bit parts (w16, part
+    """Q rows [row0, row1) = X_c W (W [D, LP] fp32 scratch), each tile of XT rows reduced over all of D
+    in chunks of BK. SPLIT16: out_scale * (X W) - 1 (mu^T W), W read as its two 16-bit parts (w16, part
     stride ``wstride``), mu^T W the sum of the ``nsums`` group partials at csum [nsums, LP] in group
     order (both left by the last CholeskyQR pass of W). Then the Gram partial of those rows.
 
@@ -510,16 +510,16 @@ def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, w16, wstride
     inv, out_scale, bad = product_scales(img_f64, IS_F64, SPLIT16, PRESCALE16)
     o_k = tl.arange(0, BK)
     o_l = tl.arange(0, LP)
-    o_r = tl.arange(0, BR)
+    o_r = tl.arange(0, XT)
     CORRECT: tl.constexpr = SPLIT16 and CENTER
     if CORRECT:
         mu_w = _summed_partials(tl.zeros([LP], dtype=tl.float32), csum, nsums, LP)
-    for r0 in range(row0, row1, BR):
-        acc = tl.zeros([BR, LP], dtype=tl.float32)
+    for r0 in range(row0, row1, XT):
+        acc = tl.zeros([XT, LP], dtype=tl.float32)
         for d0 in range(0, D, BK):
             cols = d0 + o_k
             b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, row1, D, inv, bad, CENTER, IS_F64, SPLIT16,
-                             PRESCALE16, BR, BK)
+                             PRESCALE16, XT, BK)
             w_offs = cols[:, None] * LP + o_l[None, :]
             acc = _dot_operand(b_x, w_img + w_offs, w16 + w_offs, wstride, (cols < D)[:, None], acc, SPLIT16, 2, XPREC)
         acc = acc * out_scale
@@ -535,26 +535,26 @@ def x_times_w(x_img, sxn, sxd, mu_img, n_img, D, row0, row1, w_img, w16, wstride
 def xt_times_q(x_img, sxn, sxd, mu_img, n_img, D, col0, col1, q_img, q16, qstride, csum, nsums, w_img, img_f64,
                part, done,
                CENTER: tl.constexpr, IS_F64: tl.constexpr, SPLIT16: tl.constexpr, PRESCALE16: tl.constexpr,
-               PARTS: tl.constexpr, XPREC: tl.constexpr, LP: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+               PARTS: tl.constexpr, XPREC: tl.constexpr, LP: tl.constexpr, XT: tl.constexpr, BK: tl.constexpr,
                CB: tl.constexpr, SPREC: tl.constexpr):
-    """W rows [col0, col1) = X_c^T Q (Q [n_img, LP] fp32 scratch), each feature tile reduced over all
-    of the image's rows in chunks of BK. SPLIT16: out_scale * (X^T Q) - mu (1^T Q), Q read as its
+    """W rows [col0, col1) = X_c^T Q (Q [n_img, LP] fp32 scratch), each tile of XT features reduced over
+    all of the image's rows in chunks of BK. SPLIT16: out_scale * (X^T Q) - mu (1^T Q), Q read as its
     first PARTS 16-bit parts (q16, part stride ``qstride``; :func:`_dot_operand`), 1^T Q the sum of the
     ``nsums`` group partials at csum [nsums, LP] in group order (both left by the last CholeskyQR pass
     of Q). Then the Gram partial of those rows (Z's: H = Z^T Z)."""
     inv, out_scale, bad = product_scales(img_f64, IS_F64, SPLIT16, PRESCALE16)
-    o_d = tl.arange(0, BD)
+    o_d = tl.arange(0, XT)
     o_l = tl.arange(0, LP)
     o_k = tl.arange(0, BK)
     CORRECT: tl.constexpr = SPLIT16 and CENTER
     if CORRECT:
         q_sum = _summed_partials(tl.zeros([LP], dtype=tl.float32), csum, nsums, LP)
-    for d0 in range(col0, col1, BD):
-        acc = tl.zeros([BD, LP], dtype=tl.float32)
+    for d0 in range(col0, col1, XT):
+        acc = tl.zeros([XT, LP], dtype=tl.float32)
         for r0 in range(0, n_img, BK):
             rows = r0 + o_k
             b_x = _x_operand(x_img, sxn, sxd, mu_img, r0, d0, n_img, col1, inv, bad, CENTER, IS_F64, SPLIT16,
-                             PRESCALE16, BK, BD)
+                             PRESCALE16, BK, XT)
             q_offs = rows[:, None] * LP + o_l[None, :]
             acc = _dot_operand(tl.trans(b_x), q_img + q_offs, q16 + q_offs, qstride, (rows < n_img)[:, None], acc,
                                SPLIT16, PARTS, XPREC)
